@@ -1,0 +1,68 @@
+"""Checkpoints: a folder per step holding the weights (diffusers layout, safetensors), the EMA
+weights, the optimizer, the step and the whole run config, so one folder describes the run."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINTS = "checkpoints"
+
+
+def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a folder is complete once its state.json exists)."""
+    root = Path(output_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith("step_") and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+
+def save_checkpoint(output_dir, step, model, optimizer, config: dict, ema=None, total_limit=None) -> Path:
+    """Write to a temporary folder, then rename: a crash mid-write never leaves a half checkpoint."""
+    root = Path(output_dir) / CHECKPOINTS
+    final = root / f"step_{step:07d}"
+    tmp = root / f".tmp_step_{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp / "transformer", safe_serialization=True)
+    if ema is not None:
+        save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, tmp / "ema.safetensors")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    (tmp / "state.json").write_text(json.dumps({"step": step}))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    if total_limit:
+        for old in checkpoint_dirs(output_dir)[:-total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(output_dir, which: str) -> Path | None:
+    """'latest' → the newest complete checkpoint of output_dir (None when there is none yet);
+    else a checkpoint folder path, which must exist."""
+    if which == "latest":
+        found = checkpoint_dirs(output_dir)
+        return found[-1] if found else None
+    path = Path(which)
+    if not (path / "state.json").is_file():
+        raise FileNotFoundError(f"{which} is not a checkpoint folder (no state.json): pass 'latest' or a checkpoints/step_* folder")
+    return path
+
+
+def load_checkpoint(path: Path, model, optimizer, ema=None) -> int:
+    """Restore weights, optimizer and EMA in place; return the step the checkpoint was taken at."""
+    weights = load_file(path / "transformer" / "diffusion_pytorch_model.safetensors", device=str(next(model.parameters()).device))
+    model.load_state_dict(weights)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=next(model.parameters()).device, weights_only=True))
+    if ema is not None:
+        ema_file = path / "ema.safetensors"
+        if ema_file.is_file():
+            ema.load_state_dict(load_file(ema_file, device=str(next(model.parameters()).device)))
+        else:
+            ema.copy_from(model)
+    return json.loads((path / "state.json").read_text())["step"]

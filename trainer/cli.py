@@ -1,0 +1,187 @@
+"""Command line: ``layersync train`` and ``python -m trainer``.
+
+Any config key can be given or overridden as a flag (``--layersync_student_block 8``); the
+upstream LayerSync flags ``--encoder-depth``, ``--gt-encoder-depth`` and ``--reg-weight`` are
+accepted too. Importing this module does not import torch.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from trainer.config import FIELDS, ConfigError, nearest_keys, read_config_file, validate_config
+from trainer.families import FAMILIES
+
+UPSTREAM_FLAGS = {
+    "--encoder-depth": "layersync_student_block",
+    "--gt-encoder-depth": "layersync_teacher_block",
+    "--reg-weight": "layersync_lambda",
+}
+
+
+def _is_bool(field) -> bool:
+    return field.annotation is bool
+
+
+def build_parser(prog: str = "layersync train") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        allow_abbrev=False,
+        description="Train a diffusion transformer with LayerSync. Events go to OUTPUT_DIR/events.jsonl.",
+        epilog="Example: layersync train --layersync_enabled --layersync_student_block 8 --layersync_teacher_block 16",
+    )
+    parser.add_argument("--config", metavar="FILE", help="config JSON (ours, or a SimpleTuner config.json to import)")
+    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", metavar="DIR", help="run folder (default: layersync-runs/<time>)")
+    parser.add_argument("--print-config", action="store_true", help="validate, print the full config as JSON and exit")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    keys = parser.add_argument_group("config keys (flags override the file)")
+    for name, field in FIELDS.items():
+        if name == "output_dir":
+            continue
+        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        kwargs = {"dest": name, "default": argparse.SUPPRESS, "help": field.description, "metavar": "VALUE"}
+        if _is_bool(field):
+            kwargs.update(nargs="?", const="true", metavar="true|false")
+        keys.add_argument(*flags, **kwargs)
+    upstream = parser.add_argument_group("upstream LayerSync flags (they also switch LayerSync on)")
+    for flag, key in UPSTREAM_FLAGS.items():
+        upstream.add_argument(flag, dest=f"upstream:{key}", default=argparse.SUPPRESS, metavar="VALUE", help=f"= --{key}")
+    return parser
+
+
+def _parse_pairs(text: str):
+    """'4:12,8:16' or JSON '[[4, 12], [8, 16]]' → a list of pairs (validated by the schema)."""
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    try:
+        return [[int(x) for x in pair.split(":")] for pair in text.split(",") if pair]
+    except ValueError:
+        return text
+
+
+def config_from_args(argv: list[str]) -> tuple[dict, list[str], argparse.Namespace]:
+    """Flat config dict from --config and flags; (dict, warnings, parsed args). Raises ConfigError."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    errors = []
+    for token in unknown:
+        if token.startswith("-"):
+            key = token.lstrip("-").split("=")[0].replace("-", "_")
+            near = nearest_keys(key)
+            hint = f"did you mean --{' or --'.join(near)}?" if near else "see `layersync train --help`"
+            errors.append((key, f"unknown flag {token.split('=')[0]}: {hint}"))
+        else:
+            errors.append(("", f"unexpected argument {token!r}: flags take the form --key value"))
+    if errors:
+        raise ConfigError(errors)
+    data, warnings = read_config_file(args.config) if args.config else ({}, [])
+    flags = {k: v for k, v in vars(args).items() if k in FIELDS}
+    upstream = {k.split(":", 1)[1]: v for k, v in vars(args).items() if k.startswith("upstream:")}
+    if "layersync_pairs" in flags:
+        flags["layersync_pairs"] = _parse_pairs(flags["layersync_pairs"])
+    data.update(upstream)
+    data.update(flags)
+    if upstream and "layersync_enabled" not in data:
+        data["layersync_enabled"] = True
+        warnings.append(f"upstream flag(s) {', '.join(k for k, v in UPSTREAM_FLAGS.items() if v in upstream)} given: LayerSync switched on")
+    if args.output_dir:
+        data["output_dir"] = args.output_dir
+    elif not data.get("output_dir"):
+        data["output_dir"] = str(Path("layersync-runs") / time.strftime("%Y%m%d-%H%M%S"))
+    return data, warnings, args
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    data, output_dir = {}, None
+    try:
+        data, warnings, args = config_from_args(argv)
+        output_dir = data.get("output_dir")
+        config = validate_config(data)
+    except ConfigError as exc:
+        print("error: invalid config", file=sys.stderr)
+        for line in exc.lines():
+            print(f"  {line}", file=sys.stderr)
+        if isinstance(output_dir, str) and output_dir:
+            _record_config_error(output_dir, exc)
+        return 2
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.print_config:
+        print(config.model_dump_json(indent=2))
+        return 0
+
+    from trainer.train import train  # torch is imported only now
+
+    print(f"training {FAMILIES[config.model_family].label} into {config.output_dir}", file=sys.stderr)
+    code = train(config, config.output_dir, progress=not args.no_progress, echo=_echo)
+    _print_summary(config.output_dir)
+    return code
+
+
+def _echo(event: str, record: dict) -> None:
+    from tqdm import tqdm
+
+    if event == "error":
+        tqdm.write(f"error: {record['message']}", file=sys.stderr)
+    elif record.get("level") == "warning":
+        tqdm.write(f"warning: {record['message']}", file=sys.stderr)
+    else:
+        tqdm.write(record["message"], file=sys.stderr)
+
+
+def _record_config_error(output_dir: str, exc: ConfigError) -> None:
+    """A config error is an event too, so whoever follows the run folder sees why it never started."""
+    from trainer.events import EventWriter
+
+    try:
+        events = EventWriter(output_dir)
+    except OSError:
+        return
+    events.emit("error", kind="config", message=str(exc), errors=[list(e) for e in exc.errors])
+    events.emit("end", status="failed", reason=str(exc))
+    events.close()
+
+
+def _print_summary(output_dir: str) -> None:
+    from trainer.events import read_events
+
+    events = read_events(output_dir)
+    metrics = [e for e in events if e["event"] == "metric" and "loss" in e]
+    end = next((e for e in reversed(events) if e["event"] == "end"), None)
+    if end is None:
+        return
+    line = f"{end['status']} at step {end.get('step', 0)}"
+    if metrics:
+        first, last = metrics[0], metrics[-1]
+        line += f"; diffusion_loss {first['diffusion_loss']:.4f} → {last['diffusion_loss']:.4f}"
+        if last.get("layersync_similarity") is not None:
+            line += f"; layersync_similarity {first['layersync_similarity']:.3f} → {last['layersync_similarity']:.3f}"
+    if end.get("reason"):
+        line += f"; {end['reason']}"
+    print(line, file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``layersync`` console script: ``layersync train …``, ``layersync families``."""
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {"train": "train a model (see layersync train --help)", "families": "list the model families"}
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        print("usage: layersync COMMAND [options]\n\ncommands:", file=sys.stderr)
+        for name, text in commands.items():
+            print(f"  {name:10s} {text}", file=sys.stderr)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nerror: unknown command {argv[0]!r}: choose one of {', '.join(commands)}", file=sys.stderr)
+            return 2
+        return 0
+    if argv[0] == "families":
+        for family in FAMILIES.values():
+            print(f"{family.name:14s} {family.label}")
+        return 0
+    return train_main(argv[1:])

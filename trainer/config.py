@@ -1,0 +1,304 @@
+"""The one schema of a run's config: used by the CLI, the worker, the web form and the REST API.
+
+Key names follow SimpleTuner's config.json wherever SimpleTuner has the same knob, so a user's
+file works as it is. Torch-free on purpose: the web server imports this module.
+"""
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trainer.families import FAMILIES, ModelDirError, model_depth
+
+LAYERSYNC_DEFAULT_LAMBDA = 0.2
+
+
+class FieldProblem(ValueError):
+    """A cross-field problem that belongs to one key (so the form can show it next to the field)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+class ConfigError(ValueError):
+    """An invalid config; ``errors`` is a list of (key, message) pairs, one per problem."""
+
+    def __init__(self, errors: list[tuple[str, str]]):
+        self.errors = errors
+        super().__init__("; ".join(f"{key}: {message}" if key else message for key, message in errors))
+
+    def lines(self) -> list[str]:
+        return [f"{key}: {message}" if key else message for key, message in self.errors]
+
+
+def resolve_block_index(index: int, depth: int, role: str = "block") -> int:
+    """1-based-friendly: ``index`` means block ``index - 1`` (as the paper counts), and block ``index``
+    (0-based) only when ``index - 1`` does not exist. Returns the 0-based block."""
+    if depth < 1:
+        raise FieldProblem(f"layersync_{role}_block", "this model exposes no transformer blocks")
+    for candidate in (index - 1, index):
+        if 0 <= candidate < depth:
+            return candidate
+    raise FieldProblem(
+        f"layersync_{role}_block",
+        f"{role} block {index} does not exist: this model has {depth} blocks, choose 1–{depth}",
+    )
+
+
+class TrainConfig(BaseModel):
+    """A training run, flat, as in a SimpleTuner config.json."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, protected_namespaces=())
+
+    # model
+    model_family: str = Field("demo", description="Model family from the registry (see `layersync families`).")
+    pretrained_model_name_or_path: str | None = Field(
+        None, description="Local model directory (save_pretrained layout). Empty: the family's built-in model."
+    )
+    resolution: int = Field(16, ge=8, le=64, description="Image size in pixels (a multiple of the patch size, 2).")
+    # training
+    output_dir: str | None = Field(None, description="Where events, samples and checkpoints go.")
+    max_train_steps: int = Field(300, ge=1, description="Number of optimizer steps.")
+    train_batch_size: int = Field(32, ge=1, description="Images per step.")
+    learning_rate: float = Field(5e-4, gt=0, description="Peak AdamW learning rate.")
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
+        "constant", description="Learning-rate schedule after warmup."
+    )
+    lr_warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_weight_decay: float = Field(0.0, ge=0)
+    adam_epsilon: float = Field(1e-8, gt=0)
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm; 0 turns clipping off.")
+    seed: int = Field(0, ge=0, description="Seed of weights, batches and noise; the same seed gives the same run.")
+    caption_dropout_probability: float = Field(
+        0.1, ge=0, le=1, description="Share of steps' labels replaced by the null label (classifier-free guidance)."
+    )
+    use_ema: bool = Field(False, description="Keep an exponential moving average of the weights for sampling.")
+    ema_decay: float = Field(0.999, gt=0, lt=1)
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="Autocast precision on a GPU; the CPU always trains in fp32."
+    )
+    logging_steps: int = Field(10, ge=1, description="Steps averaged into each metric event.")
+    validation_steps: int = Field(100, ge=0, description="Sample grid and held-out loss every N steps; 0 turns them off.")
+    validation_num_inference_steps: int = Field(20, ge=1, le=1000, description="Euler steps of the sampler.")
+    validation_guidance: float = Field(2.0, ge=1, description="Classifier-free guidance scale of the samples.")
+    checkpointing_steps: int = Field(100, ge=0, description="Checkpoint every N steps (and always at the end); 0: at the end only.")
+    checkpoints_total_limit: int | None = Field(None, ge=1, description="Keep only the newest N checkpoints.")
+    resume_from_checkpoint: str | None = Field(
+        None, description="'latest' or a checkpoint folder: continue that run at its step."
+    )
+    # LayerSync
+    layersync_enabled: bool = Field(False, description="Enable LayerSync.")
+    layersync_student_block: int | None = Field(
+        None, description="Student block (1-based-friendly). On 24-block models start with 8."
+    )
+    layersync_teacher_block: int | None = Field(
+        None, description="Teacher block, a few blocks deeper than the student (16 on 24-block models). Defaults to the student."
+    )
+    layersync_lambda: float | None = Field(
+        None, description="Weight of the negative-cosine term; 0.2 when enabled and unset; must be > 0."
+    )
+    layersync_pairs: list[tuple[int, int]] | None = Field(
+        None, description="Extra student→teacher pairs, e.g. [[4, 12], [8, 16]]; each pair counts."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        family = FAMILIES.get(self.model_family)
+        if family is None:
+            raise FieldProblem("model_family", f"unknown model family {self.model_family!r}: choose one of {', '.join(FAMILIES)}")
+        if self.pretrained_model_name_or_path == "":
+            self.pretrained_model_name_or_path = None
+        if self.resolution % 2:
+            raise FieldProblem("resolution", f"resolution {self.resolution} is odd: use a multiple of 2 (the patch size)")
+        if not self.layersync_enabled:
+            return self
+        if self.layersync_student_block is None and not self.layersync_pairs:
+            raise FieldProblem(
+                "layersync_student_block",
+                "LayerSync is enabled but no student block is set: set layersync_student_block (e.g. 8), "
+                "or turn LayerSync off",
+            )
+        if self.layersync_lambda is None:
+            self.layersync_lambda = LAYERSYNC_DEFAULT_LAMBDA
+        elif self.layersync_lambda <= 0:
+            raise FieldProblem(
+                "layersync_lambda",
+                f"LayerSync weight must be > 0, got {self.layersync_lambda}: keep the default 0.2 if unsure, "
+                "or turn LayerSync off",
+            )
+        if self.layersync_student_block is not None and self.layersync_teacher_block is None:
+            self.layersync_teacher_block = self.layersync_student_block
+        try:
+            depth = model_depth(family, self.pretrained_model_name_or_path)
+        except ModelDirError as exc:
+            raise FieldProblem("pretrained_model_name_or_path", str(exc)) from exc
+        for student, teacher in self.pairs():
+            resolve_block_index(student, depth, "student")
+            resolve_block_index(teacher, depth, "teacher")
+        return self
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """Student→teacher pairs as the user numbered them: the single-pair keys first, then layersync_pairs."""
+        if not self.layersync_enabled:
+            return []
+        pairs = []
+        if self.layersync_student_block is not None:
+            pairs.append((self.layersync_student_block, self.layersync_teacher_block))
+        for pair in self.layersync_pairs or []:
+            if pair not in pairs:
+                pairs.append(tuple(pair))
+        return pairs
+
+    def notices(self) -> list[str]:
+        """Things the user should know about a valid config (shown in the form and the run's log)."""
+        notes = []
+        if not self.layersync_enabled and (self.layersync_student_block or self.layersync_teacher_block):
+            notes.append("LayerSync blocks are set but LayerSync is off (layersync_enabled=false): they are ignored")
+        depth = None
+        if self.layersync_enabled:
+            depth = model_depth(FAMILIES[self.model_family], self.pretrained_model_name_or_path)
+        for student, teacher in self.pairs():
+            s, t = resolve_block_index(student, depth, "student"), resolve_block_index(teacher, depth, "teacher")
+            if s == t:
+                notes.append(
+                    f"LayerSync is a no-op: teacher block {teacher} is the student block {student}, so the detached "
+                    "similarity is always 1 and its gradient is zero; set layersync_teacher_block a few blocks deeper"
+                )
+            elif t < s:
+                notes.append(
+                    f"teacher block {teacher} is shallower than student block {student}: LayerSync pulls the student "
+                    "toward a deeper block; swap them unless you mean it"
+                )
+        return notes
+
+
+FIELDS = TrainConfig.model_fields
+
+
+def nearest_keys(key: str) -> list[str]:
+    """The known keys closest to a misspelt one: the best match, and any nearly as close."""
+    scored = sorted(((difflib.SequenceMatcher(None, key, known).ratio(), known) for known in FIELDS), reverse=True)
+    best = scored[0][0] if scored else 0
+    return [known for score, known in scored[:3] if score >= 0.6 and score >= best - 0.03]
+
+
+def unknown_key_message(key: str) -> str:
+    near = nearest_keys(key)
+    hint = f"did you mean {' or '.join(near)}?" if near else "see `layersync train --help` for the known keys"
+    return f"unknown config key {key!r}: {hint}"
+
+
+def _number(value) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def _friendly(error: dict) -> tuple[str, str]:
+    """One pydantic error → (key, message in words a person understands)."""
+    key = ".".join(str(part) for part in error["loc"])
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    got = f"got {value!r}"
+    if kind == "value_error" and isinstance(ctx.get("error"), FieldProblem):
+        return ctx["error"].field, str(ctx["error"])
+    messages = {
+        "int_parsing": f"must be a whole number, {got}",
+        "int_type": f"must be a whole number, {got}",
+        "int_from_float": f"must be a whole number, {got}",
+        "float_parsing": f"must be a number, {got}",
+        "float_type": f"must be a number, {got}",
+        "finite_number": f"must be a finite number, {got}",
+        "bool_parsing": f"must be true or false, {got}",
+        "bool_type": f"must be true or false, {got}",
+        "string_type": f"must be text, {got}",
+        "greater_than": f"must be greater than {_number(ctx.get('gt'))}, {got}",
+        "greater_than_equal": f"must be at least {_number(ctx.get('ge'))}, {got}",
+        "less_than": f"must be less than {_number(ctx.get('lt'))}, {got}",
+        "less_than_equal": f"must be at most {_number(ctx.get('le'))}, {got}",
+        "literal_error": f"must be one of {ctx.get('expected')}, {got}",
+        "list_type": f"must be a list such as [[4, 12], [8, 16]], {got}",
+        "tuple_type": f"each pair must be [student, teacher], {got}",
+        "too_short": f"each pair must be [student, teacher], {got}",
+        "too_long": f"each pair must be [student, teacher], {got}",
+        "extra_forbidden": unknown_key_message(key),
+    }
+    if kind in messages:
+        return key, messages[kind]
+    return key, error["msg"]
+
+
+def validate_config(data: Any) -> TrainConfig:
+    """Validate a flat config dict; raise ConfigError listing every problem with what to change."""
+    if not isinstance(data, dict):
+        raise ConfigError([("", f"a config must be a JSON object of keys and values, got {type(data).__name__}")])
+    errors = [(str(key), unknown_key_message(str(key))) for key in data if key not in FIELDS]
+    known = {key: value for key, value in data.items() if key in FIELDS}
+    try:
+        config = TrainConfig.model_validate(known)
+    except ValidationError as exc:
+        errors += [_friendly(error) for error in exc.errors()]
+        raise ConfigError(errors) from None
+    except FieldProblem as exc:  # raised outside pydantic's wrapping (cannot happen today; kept explicit)
+        raise ConfigError(errors + [(exc.field, str(exc))]) from None
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
+def import_simpletuner(data: dict) -> tuple[dict, list[str]]:
+    """A SimpleTuner config.json (keys written as ``--key``, values often strings) → our flat dict.
+
+    Known keys are kept (pydantic converts "true" / "1e-4" / "8"); keys we do not have are listed in
+    one warning and dropped, since such a file carries many options of SimpleTuner's own.
+    """
+    ours, ignored = {}, []
+    for raw_key, value in data.items():
+        key = raw_key[2:] if raw_key.startswith("--") else raw_key
+        if key not in FIELDS:
+            ignored.append(key)
+            continue
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
+            value = None
+        ours[key] = value
+    ours = {key: value for key, value in ours.items() if value is not None or FIELDS[key].default is None}
+    warnings = []
+    if ignored:
+        warnings.append(
+            f"imported a SimpleTuner config: ignored {len(ignored)} key(s) this program does not have: "
+            + ", ".join(sorted(ignored))
+        )
+    return ours, warnings
+
+
+def is_simpletuner_style(data: dict) -> bool:
+    return any(str(key).startswith("--") for key in data)
+
+
+def read_config_file(path: str | Path) -> tuple[dict, list[str]]:
+    """Read a config JSON file; returns (flat dict, warnings). SimpleTuner-style files are imported."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError([("", f"cannot read config file {str(path)!r}: {exc.strerror}")]) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            [("", f"config file {str(path)!r} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})")]
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError([("", f"config file {str(path)!r} must hold a JSON object of keys and values")])
+    if is_simpletuner_style(data):
+        return import_simpletuner(data)
+    return data, []
+
+
+def config_to_json(config: TrainConfig) -> dict:
+    """The full config, every key present, as written into checkpoints and run folders."""
+    return json.loads(config.model_dump_json())

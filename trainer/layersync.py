@@ -1,0 +1,94 @@
+"""LayerSync: pull a student block's hidden states toward a deeper teacher block's.
+
+Usable as a library in anyone's loop::
+
+    loss, similarity = layersync_loss(student_hidden, teacher_hidden, weight=0.2)
+    (diffusion_loss + loss).backward()
+"""
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from trainer.config import LAYERSYNC_DEFAULT_LAMBDA, ConfigError, FieldProblem, TrainConfig, resolve_block_index
+
+__all__ = ["layersync_loss", "resolve_block_index", "LayerSync"]
+
+
+def _tokens(hidden: torch.Tensor) -> torch.Tensor:
+    """(B, T, P, D) → (B, T·P, D); (B, S, D) as is."""
+    if hidden.ndim == 4:
+        return hidden.flatten(1, 2)
+    return hidden
+
+
+def layersync_loss(
+    student: torch.Tensor, teacher: torch.Tensor, weight: float = LAYERSYNC_DEFAULT_LAMBDA
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Negative cosine similarity between student and (detached) teacher tokens.
+
+    Both are L2-normalised over D; the similarity is the per-token dot product averaged over batch
+    and tokens. Returns ``(loss, similarity)`` with ``loss = -weight * similarity``.
+    """
+    if student.ndim not in (3, 4) or teacher.ndim not in (3, 4) or student.shape != teacher.shape:
+        raise ValueError(
+            f"LayerSync needs student and teacher hidden states of the same shape, (B, S, D) or (B, T, P, D); "
+            f"got student {tuple(student.shape)} and teacher {tuple(teacher.shape)}"
+        )
+    if weight <= 0:
+        raise ValueError(f"LayerSync weight must be > 0, got {weight}")
+    # detached: the teacher must not be pulled toward the student
+    teacher = teacher.detach()
+    # in fp32: bf16 dot products over D lose the small differences the loss is about
+    s = F.normalize(_tokens(student).float(), dim=-1)  # (B, S, D)
+    t = F.normalize(_tokens(teacher).float(), dim=-1)  # (B, S, D)
+    similarity = (s * t).sum(dim=-1).mean()
+    return -weight * similarity, similarity
+
+
+class LayerSync:
+    """The regularizer of one run: resolved student→teacher pairs and the weight.
+
+    Several pairs each count: the loss is ``-weight`` times the mean of the pairs' similarities,
+    so the weight keeps its meaning whatever the number of pairs.
+    """
+
+    def __init__(self, pairs: Sequence[tuple[int, int]], depth: int, weight: float = LAYERSYNC_DEFAULT_LAMBDA):
+        if not pairs:
+            raise ValueError("LayerSync needs at least one student→teacher pair")
+        if weight <= 0:
+            raise ValueError(f"LayerSync weight must be > 0, got {weight}")
+        self.weight = weight
+        self.user_pairs = list(pairs)
+        self.pairs = [
+            (resolve_block_index(s, depth, "student"), resolve_block_index(t, depth, "teacher")) for s, t in pairs
+        ]
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, depth: int) -> "LayerSync | None":
+        """None when LayerSync is off; ConfigError naming the key when a block does not exist."""
+        if not config.layersync_enabled:
+            return None
+        try:
+            return cls(config.pairs(), depth, config.layersync_lambda)
+        except FieldProblem as exc:
+            raise ConfigError([(exc.field, str(exc))]) from None
+
+    @property
+    def blocks(self) -> set[int]:
+        """0-based blocks whose outputs must be captured."""
+        return {block for pair in self.pairs for block in pair}
+
+    def __call__(self, states: Mapping[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """→ (loss, mean similarity, per-pair similarities), from the captured block outputs."""
+        sims = []
+        for student, teacher in self.pairs:
+            _, similarity = layersync_loss(states[student], states[teacher], self.weight)
+            sims.append(similarity)
+        similarity = sims[0] if len(sims) == 1 else torch.stack(sims).mean()
+        return -self.weight * similarity, similarity, sims
+
+    def describe(self) -> str:
+        pairs = ", ".join(f"{s}→{t} (blocks {rs}→{rt} counted from 0)" for (s, t), (rs, rt) in zip(self.user_pairs, self.pairs))
+        return f"LayerSync on: student→teacher {pairs}, weight {self.weight}"

@@ -1,0 +1,303 @@
+"""The training loop: flow matching with LayerSync, in one function that reads top to bottom."""
+
+import math
+import signal
+import time
+import traceback
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from trainer.capture import HiddenStateCapture
+from trainer.checkpoint import checkpoint_dirs, find_checkpoint, load_checkpoint, save_checkpoint
+from trainer.config import ConfigError, TrainConfig, config_to_json
+from trainer.ema import EMA
+from trainer.events import EventWriter
+from trainer.layersync import LayerSync
+from trainer.models import implementation
+from trainer.sampling import grid_labels, held_out_loss, euler_sample, save_grid
+
+EXIT_COMPLETED, EXIT_FAILED, EXIT_CONFIG, EXIT_CANCELLED = 0, 1, 2, 130
+
+
+class StopRequest:
+    """SIGTERM / SIGINT ask the loop to stop after the current step (then it checkpoints)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (a library caller): no signal handling
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def step_seed(seed: int, step: int) -> int:
+    """Batches and noise of a step depend on (seed, step) only: a resumed run repeats them exactly."""
+    return (seed * 1_000_003 + step) % (2**63)
+
+
+def lr_at(config: TrainConfig, step: int) -> float:
+    """Learning rate of a step (1-based): linear warmup, then the schedule."""
+    warmup = config.lr_warmup_steps
+    if config.lr_scheduler == "constant_with_warmup" and warmup == 0:
+        warmup = max(1, config.max_train_steps // 20)
+    if step <= warmup:
+        return config.learning_rate * step / warmup
+    if config.lr_scheduler in ("constant", "constant_with_warmup"):
+        return config.learning_rate
+    progress = (step - warmup) / max(1, config.max_train_steps - warmup)
+    if config.lr_scheduler == "linear":
+        return config.learning_rate * (1 - progress)
+    return config.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))  # cosine
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def check_hidden_states(impl, model, data, capture, layersync, device) -> None:
+    """One forward on two examples before step 1, so a shape LayerSync cannot use stops the run early."""
+    x, y = data.train_images[:2].to(device), data.train_labels[:2].to(device)
+    with torch.no_grad(), capture.capture() as states:
+        impl.predict(model, x, torch.full((2,), 0.5, device=device), y)
+    try:
+        missing = sorted(layersync.blocks - set(states))
+        if missing:
+            raise ValueError(f"blocks {missing} (counted from 0) did not run in the forward pass")
+        layersync(states)
+    except ValueError as exc:
+        raise ConfigError([("layersync_student_block", f"LayerSync cannot use this model's hidden states: {exc}")]) from None
+    finally:
+        capture.release()
+
+
+def train(config: TrainConfig, output_dir: str | Path, progress: bool = False, echo=None) -> int:
+    """Train one run into ``output_dir``; returns the exit code (0 completed, 1 failed, 2 bad config,
+    130 cancelled). Every outcome is also an ``end`` event in ``output_dir/events.jsonl``."""
+    output_dir = Path(output_dir)
+    events = EventWriter(output_dir, echo=echo)
+    try:
+        with StopRequest() as stop:
+            status, step = _train(config, output_dir, events, stop, progress)
+        events.emit("end", status=status, step=step)
+        return EXIT_CANCELLED if status == "cancelled" else EXIT_COMPLETED
+    except ConfigError as exc:
+        events.emit("error", kind="config", message=str(exc), errors=[list(e) for e in exc.errors])
+        events.emit("end", status="failed", reason=str(exc))
+        return EXIT_CONFIG
+    except Exception as exc:  # noqa: BLE001 - every failure must end the events file with its reason
+        message = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, torch.OutOfMemoryError):
+            message = f"out of memory: {exc}; lower train_batch_size or turn on gradient_checkpointing"
+        events.emit("error", kind=type(exc).__name__, message=message, traceback=traceback.format_exc())
+        events.emit("end", status="failed", reason=message)
+        return EXIT_FAILED
+    finally:
+        events.close()
+
+
+def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: StopRequest, progress: bool):
+    # ---- set up -----------------------------------------------------------------------------
+    events.emit("status", status="starting")
+    for notice in config.notices():
+        events.log(notice, level="warning")
+    device = pick_device()
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
+    if device.type == "cpu" and autocast_dtype is not None:
+        events.log(f"mixed_precision {config.mixed_precision} is for GPUs: training in fp32 on the CPU", "warning")
+        autocast_dtype = None
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
+
+    resume_from = None
+    if config.resume_from_checkpoint:
+        resume_from = find_checkpoint(output_dir, config.resume_from_checkpoint)
+        if resume_from is None:
+            events.log("resume_from_checkpoint is 'latest' but there is no checkpoint yet: starting at step 0")
+    elif checkpoint_dirs(output_dir):
+        raise ConfigError([(
+            "output_dir",
+            f"{output_dir} already holds a run (checkpoints up to {checkpoint_dirs(output_dir)[-1].name}): "
+            "set resume_from_checkpoint to 'latest' to continue it, or choose another output_dir",
+        )])
+
+    impl = implementation(config.model_family)
+    data = impl.load_data(config).to(device)
+    model = impl.load_model(config).to(device)
+    model.train()
+    if config.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    blocks = impl.blocks(model)
+    layersync = LayerSync.from_config(config, depth=len(blocks))
+    capture = HiddenStateCapture(blocks, layersync.blocks) if layersync else None
+    if layersync:
+        check_hidden_states(impl, model, data, capture, layersync, device)
+        events.log(layersync.describe())
+    else:
+        events.log("LayerSync off: training with the diffusion loss alone")
+
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.adam_weight_decay,
+        eps=config.adam_epsilon,
+        fused=device.type == "cuda",
+    )
+    ema = EMA(model, config.ema_decay) if config.use_ema else None
+    start_step = load_checkpoint(resume_from, model, optimizer, ema) if resume_from else 0
+    if resume_from:
+        events.log(f"resumed from {resume_from} at step {start_step}")
+    run_config = config_to_json(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    events.log(f"{config.model_family} model: {len(blocks)} blocks, {n_params / 1e6:.2f}M parameters, on {device}")
+    events.emit("status", status="running", step=start_step, max_train_steps=config.max_train_steps)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.max_train_steps, initial=start_step, unit="step", dynamic_ncols=True, disable=None)
+    # running sums on the device (no sync per step): loss, diffusion, layersync, similarity, grad norm
+    sums = torch.zeros(5, device=device)
+    pair_sums = torch.zeros(len(layersync.pairs) if layersync else 0, device=device)
+    interval_steps, interval_start, interval_paused = 0, time.perf_counter(), 0.0
+    step = start_step
+    last_checkpoint = start_step if resume_from else None
+
+    # ---- the loop ---------------------------------------------------------------------------
+    while step < config.max_train_steps and not stop.requested:
+        step += 1
+        generator = torch.Generator(device=device).manual_seed(step_seed(config.seed, step))
+        x1, labels = data.batch(config.train_batch_size, generator)  # (B, C, H, W), (B,)
+        drop = torch.rand(labels.shape, generator=generator, device=device) < config.caption_dropout_probability
+        labels = torch.where(drop, impl.null_condition(model, labels), labels)
+        x0 = torch.randn(x1.shape, generator=generator, device=device)
+        t = torch.rand(len(x1), generator=generator, device=device)
+        t_ = t.view(-1, 1, 1, 1)
+        x_t = (1 - t_) * x0 + t_ * x1  # linear path from noise (t=0) to data (t=1)
+        target = x1 - x0  # its velocity
+
+        # forward: the hooks keep the student and teacher outputs of this forward only
+        with autocast, capture.capture() if capture else nullcontext() as states:
+            pred = impl.predict(model, x_t, t, labels)
+
+        # losses
+        diffusion_loss = F.mse_loss(pred.float(), target)
+        if layersync:
+            layersync_loss, similarity, pair_sims = layersync(states)
+            capture.release()
+            loss = diffusion_loss + layersync_loss
+        else:
+            layersync_loss = similarity = torch.zeros((), device=device)
+            loss = diffusion_loss
+
+        # backward
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        if config.max_grad_norm > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        else:
+            grad_norm = torch.zeros((), device=device)
+
+        # step
+        lr = lr_at(config, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        scaler.step(optimizer)
+        scaler.update()
+        if ema is not None:
+            ema.update(model)
+
+        # log: .item() only here, averages over the interval, reset after each log
+        sums += torch.stack([loss.detach(), diffusion_loss.detach(), layersync_loss.detach(), similarity.detach(), grad_norm.detach().float()])
+        if layersync and len(pair_sims) > 1:
+            pair_sums += torch.stack([s.detach() for s in pair_sims])
+        interval_steps += 1
+        if bar is not None:
+            bar.update(1)
+        if step % config.logging_steps == 0 or step == config.max_train_steps or stop.requested:
+            values = (sums / interval_steps).tolist()
+            metric = {
+                "step": step,
+                "loss": values[0],
+                "diffusion_loss": values[1],
+                "layersync_loss": values[2],
+                "layersync_similarity": values[3] if layersync else None,
+                "grad_norm": values[4] if config.max_grad_norm > 0 else None,
+                "lr": lr,
+                "step_time": (time.perf_counter() - interval_start - interval_paused) / interval_steps,
+            }
+            if layersync and len(layersync.pairs) > 1:
+                for (s, t_pair), value in zip(layersync.user_pairs, (pair_sums / interval_steps).tolist()):
+                    metric[f"layersync_similarity/{s}-{t_pair}"] = value
+            events.emit("metric", **metric)
+            if not math.isfinite(values[0]):
+                raise FloatingPointError(
+                    f"the loss became {values[0]} by step {step}: lower learning_rate or layersync_lambda, "
+                    "or raise max_grad_norm's clipping (a smaller value)"
+                )
+            if bar is not None:
+                bar.set_postfix(loss=f"{values[1]:.4f}", sim=f"{values[3]:.3f}" if layersync else "-")
+            sums.zero_()
+            pair_sums.zero_()
+            interval_steps, interval_start, interval_paused = 0, time.perf_counter(), 0.0
+
+        # sample and held-out loss (their time is kept out of step_time)
+        paused_at = time.perf_counter()
+        if config.validation_steps and (step % config.validation_steps == 0 or step == config.max_train_steps):
+            validate(config, impl, model, ema, data, output_dir, events, step, device, autocast)
+
+        # checkpoint (a cancel also checkpoints, so nothing trained is lost)
+        if (config.checkpointing_steps and step % config.checkpointing_steps == 0) or step == config.max_train_steps or stop.requested:
+            path = save_checkpoint(output_dir, step, model, optimizer, run_config, ema, config.checkpoints_total_limit)
+            last_checkpoint = step
+            events.emit("checkpoint", step=step, path=str(path.relative_to(output_dir)))
+        interval_paused += time.perf_counter() - paused_at
+
+    if bar is not None:
+        bar.close()
+    if capture is not None:
+        capture.remove()
+    if stop.requested and step < config.max_train_steps:
+        if last_checkpoint != step:
+            path = save_checkpoint(output_dir, step, model, optimizer, run_config, ema, config.checkpoints_total_limit)
+            events.emit("checkpoint", step=step, path=str(path.relative_to(output_dir)))
+        events.log(f"stopped on request after step {step}; resume with resume_from_checkpoint='latest'")
+        return "cancelled", step
+    return "completed", step
+
+
+def validate(config, impl, model, ema, data, output_dir, events, step, device, autocast) -> None:
+    """A sample grid (two of each class, fixed noise) and the held-out flow loss, with EMA weights if kept."""
+    model.eval()
+    with ema.applied(model) if ema is not None else nullcontext(), autocast:
+        val_loss = held_out_loss(impl, model, data.val_images, data.val_labels)
+        labels = grid_labels(data.num_classes, 2, device)
+        images = euler_sample(
+            impl, model, labels, tuple(data.train_images.shape[1:]), config.validation_num_inference_steps,
+            config.validation_guidance, seed=config.seed,
+        )
+    model.train()
+    path = output_dir / "samples" / f"step_{step:07d}.png"
+    save_grid(images, path, columns=data.num_classes)
+    events.emit("metric", step=step, val_diffusion_loss=val_loss)
+    events.emit("sample", step=step, path=str(path.relative_to(output_dir)), labels=labels.tolist())
