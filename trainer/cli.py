@@ -81,7 +81,7 @@ def config_from_args(argv: list[str]) -> tuple[dict, list[str], argparse.Namespa
     if errors:
         raise ConfigError(errors)
     data, warnings = read_config_file(args.config) if args.config else ({}, [])
-    flags = {k: v for k, v in vars(args).items() if k in FIELDS}
+    flags = {k: v for k, v in vars(args).items() if k in FIELDS and k != "output_dir"}
     upstream = {k.split(":", 1)[1]: v for k, v in vars(args).items() if k.startswith("upstream:")}
     if "layersync_pairs" in flags:
         flags["layersync_pairs"] = _parse_pairs(flags["layersync_pairs"])

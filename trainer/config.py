@@ -62,9 +62,11 @@ class TrainConfig(BaseModel):
     resolution: int = Field(16, ge=8, le=64, description="Image size in pixels (a multiple of the patch size, 2).")
     # training
     output_dir: str | None = Field(None, description="Where events, samples and checkpoints go.")
-    max_train_steps: int = Field(300, ge=1, description="Number of optimizer steps.")
+    max_train_steps: int = Field(500, ge=1, description="Number of optimizer steps.")
     train_batch_size: int = Field(32, ge=1, description="Images per step.")
-    learning_rate: float = Field(5e-4, gt=0, description="Peak AdamW learning rate.")
+    learning_rate: float | None = Field(
+        None, gt=0, description="Peak AdamW learning rate; empty: the family's default (1e-3 for the demo trained from scratch)."
+    )
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
         "constant", description="Learning-rate schedule after warmup."
     )
@@ -115,6 +117,8 @@ class TrainConfig(BaseModel):
             raise FieldProblem("model_family", f"unknown model family {self.model_family!r}: choose one of {', '.join(FAMILIES)}")
         if self.pretrained_model_name_or_path == "":
             self.pretrained_model_name_or_path = None
+        if self.learning_rate is None:
+            self.learning_rate = family.default_learning_rate
         if self.resolution % 2:
             raise FieldProblem("resolution", f"resolution {self.resolution} is odd: use a multiple of 2 (the patch size)")
         if not self.layersync_enabled:

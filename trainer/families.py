@@ -19,6 +19,7 @@ class Family:
     implementation: str  # "module:attribute" of the torch half
     depth_keys: tuple[str, ...]  # keys of the transformer's config.json whose values add up to the block count
     builtin_config: dict | None = None  # config of the built-in model, when the family has one
+    default_learning_rate: float = 1e-4  # fine-tuning rate; a family trained from scratch sets its own
 
 
 DEMO_MODEL_CONFIG = {
@@ -40,6 +41,7 @@ FAMILIES: dict[str, Family] = {
         implementation="trainer.models.demo:FAMILY",
         depth_keys=("num_layers",),
         builtin_config=DEMO_MODEL_CONFIG,
+        default_learning_rate=1e-3,
     ),
 }
 

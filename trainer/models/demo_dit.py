@@ -21,6 +21,17 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, dim)
 
 
+def sincos_pos_embed(dim: int, grid: int) -> torch.Tensor:
+    """Fixed 2D sine-cosine position embedding (1, grid*grid, dim), as DiT uses."""
+    coords = torch.arange(grid, dtype=torch.float32)
+    ys, xs = torch.meshgrid(coords, coords, indexing="ij")
+    quarter = dim // 4
+    freqs = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+    parts = [fn(axis.reshape(-1, 1) * freqs) for axis in (ys, xs) for fn in (torch.sin, torch.cos)]
+    embed = torch.cat(parts, dim=1)  # (grid*grid, 4*quarter)
+    return F.pad(embed, (0, dim - embed.shape[1]))[None]
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale[:, None]) + shift[:, None]
 
@@ -72,7 +83,7 @@ class DemoDiT(ModelMixin, ConfigMixin):
         p, D = patch_size, hidden_size
         self.num_tokens = (sample_size // p) ** 2
         self.x_embed = nn.Linear(in_channels * p * p, D)
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, D))
+        self.register_buffer("pos_embed", sincos_pos_embed(D, sample_size // p), persistent=False)
         self.t_embed = nn.Sequential(nn.Linear(256, D), nn.SiLU(), nn.Linear(D, D))
         self.y_embed = nn.Embedding(num_classes + 1, D)  # + 1: the null class of classifier-free guidance
         self.blocks = nn.ModuleList([DiTBlock(D, num_attention_heads, mlp_ratio) for _ in range(num_layers)])
@@ -86,7 +97,6 @@ class DemoDiT(ModelMixin, ConfigMixin):
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
-        nn.init.normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.y_embed.weight, std=0.02)
         # adaLN-Zero: every block starts as the identity, as in DiT/SiT
         for block in self.blocks:

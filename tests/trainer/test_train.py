@@ -1,0 +1,155 @@
+"""Real, short training runs of a tiny demo model (a few seconds each)."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.utils.factories import fast_config, write_config
+from trainer.capture import Block
+from trainer.config import validate_config
+from trainer.events import read_events
+from trainer.families import FAMILIES, Family
+from trainer.models import FamilyImplementation
+from trainer.models import demo
+from trainer.train import train
+
+ROOT = Path(__file__).resolve().parents[2]
+METRIC_KEYS = {"step", "loss", "diffusion_loss", "layersync_loss", "layersync_similarity", "lr", "step_time"}
+
+
+def run(tmp_path, tiny_model_dir, name="run", **overrides):
+    out = tmp_path / name
+    config = validate_config(fast_config(tiny_model_dir, out, **overrides))
+    code = train(config, out)
+    return code, read_events(out), out
+
+
+def losses(events):
+    return {e["step"]: e["loss"] for e in events if e["event"] == "metric" and "loss" in e}
+
+
+def test_a_short_run_writes_the_whole_events_contract(tmp_path, tiny_model_dir):
+    code, events, out = run(tmp_path, tiny_model_dir, max_train_steps=20, learning_rate=2e-3)
+    assert code == 0
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "status" and kinds[-1] == "end" and events[-1]["status"] == "completed"
+    assert {"status", "log", "metric", "sample", "checkpoint", "end"} <= set(kinds)
+    metrics = [e for e in events if e["event"] == "metric" and "loss" in e]
+    assert [m["step"] for m in metrics] == list(range(2, 21, 2))
+    for m in metrics:
+        assert METRIC_KEYS <= m.keys()
+        assert m["loss"] == pytest.approx(m["diffusion_loss"] + m["layersync_loss"], rel=1e-5)
+        assert m["layersync_loss"] == pytest.approx(-0.2 * m["layersync_similarity"], rel=1e-5)
+    assert metrics[-1]["diffusion_loss"] < metrics[0]["diffusion_loss"]
+    samples = [e for e in events if e["event"] == "sample"]
+    assert [s["step"] for s in samples] == [6, 12, 18, 20]
+    assert all((out / s["path"]).stat().st_size > 0 for s in samples)
+    checkpoints = [e["path"] for e in events if e["event"] == "checkpoint"]
+    assert checkpoints == [f"checkpoints/step_{s:07d}" for s in (6, 12, 18, 20)]
+    saved = json.loads((out / checkpoints[-1] / "config.json").read_text())
+    assert saved["layersync_student_block"] == 8 and saved["max_train_steps"] == 20
+    assert (out / checkpoints[-1] / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    assert any(e["event"] == "metric" and "val_diffusion_loss" in e for e in events)
+
+
+def test_a_larger_weight_pulls_the_student_closer_to_the_teacher(tmp_path, tiny_model_dir):
+    def final_similarity(weight, name):
+        _, events, _ = run(tmp_path, tiny_model_dir, name, max_train_steps=30, learning_rate=3e-3,
+                           layersync_lambda=weight, validation_steps=0, checkpointing_steps=0)
+        return [e for e in events if e["event"] == "metric" and "loss" in e][-1]["layersync_similarity"]
+
+    assert final_similarity(2.0, "strong") > final_similarity(0.01, "weak")
+
+
+def test_the_same_seed_gives_the_same_run(tmp_path, tiny_model_dir):
+    _, first, _ = run(tmp_path, tiny_model_dir, "a", validation_steps=0)
+    _, second, _ = run(tmp_path, tiny_model_dir, "b", validation_steps=0)
+    assert losses(first) == losses(second)
+
+
+def test_resume_continues_at_the_right_step_with_the_same_losses(tmp_path, tiny_model_dir):
+    _, whole, _ = run(tmp_path, tiny_model_dir, "whole", use_ema=True)
+    code, _, out = run(tmp_path, tiny_model_dir, "parts", max_train_steps=6, use_ema=True)
+    assert code == 0
+    config = validate_config(fast_config(tiny_model_dir, out, use_ema=True, resume_from_checkpoint="latest"))
+    assert train(config, out) == 0
+    events = read_events(out)
+    resumed_at = max(i for i, e in enumerate(events) if e["event"] == "status" and e["status"] == "starting")
+    after = [e for e in events[resumed_at:] if e["event"] == "metric" and "loss" in e]
+    assert after[0]["step"] == 8
+    assert any("resumed from" in e.get("message", "") and "at step 6" in e["message"] for e in events[resumed_at:])
+    assert losses(events) == pytest.approx(losses(whole), rel=1e-6)
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path, tiny_model_dir):
+    run(tmp_path, tiny_model_dir, "once", max_train_steps=2, validation_steps=0)
+    code, events, out = run(tmp_path, tiny_model_dir, "once", max_train_steps=2, validation_steps=0)
+    assert code == 2
+    assert events[-2]["event"] == "error" and "set resume_from_checkpoint to 'latest'" in events[-2]["message"]
+
+
+def test_gradient_checkpointing_trains_the_same(tmp_path, tiny_model_dir):
+    _, plain, _ = run(tmp_path, tiny_model_dir, "plain", validation_steps=0, max_train_steps=6)
+    _, checkpointed, _ = run(tmp_path, tiny_model_dir, "ckpt", validation_steps=0, max_train_steps=6, gradient_checkpointing=True)
+    assert losses(checkpointed) == pytest.approx(losses(plain), rel=1e-4)
+
+
+def test_a_hidden_state_shape_layersync_cannot_use_stops_before_step_one(tmp_path, tiny_model_dir, monkeypatch):
+    pooled = FamilyImplementation(
+        load_model=demo.load_model,
+        blocks=lambda model: [Block(b, lambda out: out.mean(dim=1)) for b in model.blocks],  # (B, D): no tokens
+        load_data=demo.load_data,
+        predict=demo.predict,
+        null_condition=demo.null_condition,
+    )
+    monkeypatch.setitem(FAMILIES, "pooled", Family("pooled", "pooled", "", "test:x", ("num_layers",)))
+    monkeypatch.setattr("trainer.train.implementation", lambda name: pooled)
+    code, events, out = run(tmp_path, tiny_model_dir, model_family="pooled")
+    assert code == 2
+    error = next(e for e in events if e["event"] == "error")
+    assert "LayerSync cannot use this model's hidden states" in error["message"] and "(2, 32)" in error["message"]
+    assert not any(e["event"] == "metric" for e in events)
+
+
+def test_a_crash_ends_the_run_failed_with_its_reason(tmp_path, tiny_model_dir, monkeypatch):
+    def broken_predict(model, x, t, y):
+        raise RuntimeError("the GPU caught fire")
+
+    monkeypatch.setattr("trainer.train.implementation", lambda name: FamilyImplementation(
+        demo.load_model, demo.blocks, demo.load_data, broken_predict, demo.null_condition))
+    code, events, _ = run(tmp_path, tiny_model_dir, layersync_enabled=False)
+    assert code == 1
+    assert events[-1] == {**events[-1], "event": "end", "status": "failed", "reason": "RuntimeError: the GPU caught fire"}
+
+
+def test_sigterm_stops_after_the_step_with_a_checkpoint_and_cancelled(tmp_path, tiny_model_dir):
+    out = tmp_path / "run"
+    path = write_config(tmp_path / "run.json", fast_config(tiny_model_dir, out, max_train_steps=100000, validation_steps=0, checkpointing_steps=0))
+    process = subprocess.Popen([sys.executable, "-m", "trainer", "--config", str(path), "--no-progress"], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (out / "events.jsonl").exists() and any(e["event"] == "metric" for e in read_events(out)):
+            break
+        time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail("the trainer wrote no metric within 120 s")
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=60)
+    assert code == 130
+    events = read_events(out)
+    end = events[-1]
+    assert end["event"] == "end" and end["status"] == "cancelled" and end["step"] < 100000
+    assert events[-2]["event"] == "log" and "resume" in events[-2]["message"]
+    checkpoint = [e for e in events if e["event"] == "checkpoint"][-1]
+    assert checkpoint["step"] == end["step"]
+    assert json.loads((out / checkpoint["path"] / "state.json").read_text()) == {"step": end["step"]}
