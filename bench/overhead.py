@@ -40,14 +40,15 @@ def bare_loop(model_dir, steps, batch_size, resolution, lr, autocast_dtype, chec
     model = DemoDiT.from_pretrained(model_dir).to(device).train()
     if checkpointing:
         model.enable_gradient_checkpointing()
-    images = load_digits_dataset(resolution).train_images.to(device)
-    labels = torch.zeros(len(images), dtype=torch.long, device=device)
+    data = load_digits_dataset(resolution)
+    images, labels = data.train_images.to(device), data.train_labels.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, fused=device.type == "cuda")
     amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     times, start = [], time.perf_counter()
     for step in range(1, steps + 1):
         index = torch.randint(len(images), (batch_size,), device=device)
         x1, y = images[index], labels[index]
+        y = torch.where(torch.rand(batch_size, device=device) < 0.1, model.config.num_classes, y)  # CFG label drop
         x0 = torch.randn_like(x1)
         t = torch.rand(batch_size, device=device)
         x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * x1

@@ -23,6 +23,24 @@ def _tokens(hidden: torch.Tensor) -> torch.Tensor:
     return hidden
 
 
+def _check_shapes(student: torch.Tensor, teacher: torch.Tensor) -> None:
+    if student.ndim not in (3, 4) or teacher.ndim not in (3, 4) or student.shape != teacher.shape:
+        raise ValueError(
+            f"LayerSync needs student and teacher hidden states of the same shape, (B, S, D) or (B, T, P, D); "
+            f"got student {tuple(student.shape)} and teacher {tuple(teacher.shape)}"
+        )
+
+
+def _similarity(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean per-token cosine similarity, the teacher detached."""
+    # detached: the teacher must not be pulled toward the student
+    teacher = teacher.detach()
+    # in fp32: bf16 dot products over D lose the small differences the loss is about
+    s = F.normalize(_tokens(student).float(), dim=-1)  # (B, S, D)
+    t = F.normalize(_tokens(teacher).float(), dim=-1)  # (B, S, D)
+    return (s * t).sum(dim=-1).mean()
+
+
 def layersync_loss(
     student: torch.Tensor, teacher: torch.Tensor, weight: float = LAYERSYNC_DEFAULT_LAMBDA
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,19 +49,10 @@ def layersync_loss(
     Both are L2-normalised over D; the similarity is the per-token dot product averaged over batch
     and tokens. Returns ``(loss, similarity)`` with ``loss = -weight * similarity``.
     """
-    if student.ndim not in (3, 4) or teacher.ndim not in (3, 4) or student.shape != teacher.shape:
-        raise ValueError(
-            f"LayerSync needs student and teacher hidden states of the same shape, (B, S, D) or (B, T, P, D); "
-            f"got student {tuple(student.shape)} and teacher {tuple(teacher.shape)}"
-        )
+    _check_shapes(student, teacher)
     if weight <= 0:
         raise ValueError(f"LayerSync weight must be > 0, got {weight}")
-    # detached: the teacher must not be pulled toward the student
-    teacher = teacher.detach()
-    # in fp32: bf16 dot products over D lose the small differences the loss is about
-    s = F.normalize(_tokens(student).float(), dim=-1)  # (B, S, D)
-    t = F.normalize(_tokens(teacher).float(), dim=-1)  # (B, S, D)
-    similarity = (s * t).sum(dim=-1).mean()
+    similarity = _similarity(student, teacher)
     return -weight * similarity, similarity
 
 
@@ -60,6 +69,7 @@ class LayerSync:
         if weight <= 0:
             raise ValueError(f"LayerSync weight must be > 0, got {weight}")
         self.weight = weight
+        self._similarity = _similarity
         self.user_pairs = list(pairs)
         self.pairs = [
             (resolve_block_index(s, depth, "student"), resolve_block_index(t, depth, "teacher")) for s, t in pairs
@@ -84,10 +94,23 @@ class LayerSync:
         """→ (loss, mean similarity, per-pair similarities), from the captured block outputs."""
         sims = []
         for student, teacher in self.pairs:
-            _, similarity = layersync_loss(states[student], states[teacher], self.weight)
-            sims.append(similarity)
+            _check_shapes(states[student], states[teacher])
+            sims.append(self._similarity(states[student], states[teacher]))
         similarity = sims[0] if len(sims) == 1 else torch.stack(sims).mean()
         return -self.weight * similarity, similarity, sims
+
+    def compile(self, device: torch.device) -> str | None:
+        """Fuse the similarity into a few kernels with torch.compile (worth it on a GPU, where the
+        eager version is a dozen small launches and an fp32 copy of both states). Returns None when
+        compiled, else why not (the eager version stays in use)."""
+        compiled = torch.compile(_similarity, dynamic=None)
+        try:  # compile errors surface on the first call: make it here, on a small case with grad
+            probe = torch.randn(2, 4, 8, device=device, requires_grad=True)
+            compiled(probe, torch.randn(2, 4, 8, device=device)).backward()
+        except Exception as exc:  # noqa: BLE001 - any compiler failure just means eager
+            return f"{type(exc).__name__}: {exc}".splitlines()[0]
+        self._similarity = compiled
+        return None
 
     def describe(self) -> str:
         pairs = ", ".join(f"{s}→{t} (blocks {rs}→{rt} counted from 0)" for (s, t), (rs, rt) in zip(self.user_pairs, self.pairs))

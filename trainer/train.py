@@ -150,6 +150,10 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
     if layersync:
         check_hidden_states(impl, model, data, capture, layersync, device)
         events.log(layersync.describe())
+        if device.type == "cuda":
+            why_not = layersync.compile(device)
+            if why_not:
+                events.log(f"LayerSync similarity not compiled, running eager: {why_not}", level="warning")
     else:
         events.log("LayerSync off: training with the diffusion loss alone")
 
@@ -183,9 +187,11 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
     last_checkpoint = start_step if resume_from else None
 
     # ---- the loop ---------------------------------------------------------------------------
+    generator = torch.Generator(device=device)
+    zero = torch.zeros((), device=device)
     while step < config.max_train_steps and not stop.requested:
         step += 1
-        generator = torch.Generator(device=device).manual_seed(step_seed(config.seed, step))
+        generator.manual_seed(step_seed(config.seed, step))
         x1, labels = data.batch(config.train_batch_size, generator)  # (B, C, H, W), (B,)
         drop = torch.rand(labels.shape, generator=generator, device=device) < config.caption_dropout_probability
         labels = torch.where(drop, impl.null_condition(model, labels), labels)
@@ -206,7 +212,7 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
             capture.release()
             loss = diffusion_loss + layersync_loss
         else:
-            layersync_loss = similarity = torch.zeros((), device=device)
+            layersync_loss = similarity = zero
             loss = diffusion_loss
 
         # backward
@@ -216,7 +222,7 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
         if config.max_grad_norm > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         else:
-            grad_norm = torch.zeros((), device=device)
+            grad_norm = zero
 
         # step
         lr = lr_at(config, step)
@@ -228,7 +234,7 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
             ema.update(model)
 
         # log: .item() only here, averages over the interval, reset after each log
-        sums += torch.stack([loss.detach(), diffusion_loss.detach(), layersync_loss.detach(), similarity.detach(), grad_norm.detach().float()])
+        sums += torch.stack([loss.detach(), diffusion_loss.detach(), layersync_loss.detach(), similarity.detach(), grad_norm.detach()])
         if layersync and len(pair_sims) > 1:
             pair_sums += torch.stack([s.detach() for s in pair_sims])
         interval_steps += 1

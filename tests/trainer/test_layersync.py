@@ -83,3 +83,21 @@ def test_every_pair_counts():
     # both students get gradient, not just the last pair's
     assert states[0].grad.abs().sum() > 0 and states[1].grad.abs().sum() > 0
     assert states[2].grad is None and states[3].grad is None
+
+
+def test_the_compiled_similarity_matches_the_eager_one():
+    """The training loop compiles the similarity on GPUs; the math must not change."""
+    states = {i: torch.randn(2, 8, 16, requires_grad=True) for i in range(4)}
+    eager = LayerSync([(2, 4)], depth=4)
+    loss, similarity, _ = eager(states)
+    loss.backward()
+    eager_grad, states[1].grad = states[1].grad.clone(), None
+    compiled = LayerSync([(2, 4)], depth=4)
+    why_not = compiled.compile(torch.device("cpu"))
+    if why_not:
+        pytest.skip(f"torch.compile is not usable on this machine: {why_not}")
+    loss_c, similarity_c, _ = compiled(states)
+    loss_c.backward()
+    assert similarity_c.item() == pytest.approx(similarity.item(), abs=1e-6)
+    torch.testing.assert_close(states[1].grad, eager_grad, rtol=1e-5, atol=1e-7)
+    assert states[3].grad is None  # the teacher stays detached when compiled
