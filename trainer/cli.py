@@ -120,7 +120,11 @@ def train_main(argv: list[str] | None = None) -> int:
     from trainer.train import train  # torch is imported only now
 
     print(f"training {FAMILIES[config.model_family].label} into {config.output_dir}", file=sys.stderr)
-    code = train(config, config.output_dir, progress=not args.no_progress, echo=_echo)
+    try:
+        code = train(config, config.output_dir, progress=not args.no_progress, echo=_echo)
+    except OSError as exc:  # the run folder itself cannot be written: nowhere to put events
+        print(f"error: cannot write to output_dir {config.output_dir!r}: {exc.strerror}; choose a writable folder", file=sys.stderr)
+        return 1
     _print_summary(config.output_dir)
     return code
 

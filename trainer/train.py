@@ -38,6 +38,8 @@ class StopRequest:
         return self
 
     def _handle(self, signum, frame):
+        if self.requested:  # asked twice: the user wants out now, checkpoint or not
+            raise KeyboardInterrupt
         self.requested = True
 
     def __exit__(self, *exc):
@@ -95,6 +97,10 @@ def train(config: TrainConfig, output_dir: str | Path, progress: bool = False, e
             status, step = _train(config, output_dir, events, stop, progress)
         events.emit("end", status=status, step=step)
         return EXIT_CANCELLED if status == "cancelled" else EXIT_COMPLETED
+    except KeyboardInterrupt:
+        reason = "stopped at once on a second interrupt, without a final checkpoint"
+        events.emit("end", status="cancelled", reason=reason)
+        return EXIT_CANCELLED
     except ConfigError as exc:
         events.emit("error", kind="config", message=str(exc), errors=[list(e) for e in exc.errors])
         events.emit("end", status="failed", reason=str(exc))

@@ -96,3 +96,10 @@ def test_python_dash_m_trainer_reports_a_bad_config_in_one_line(tmp_path):
     )
     assert result.returncode == 2
     assert "layersync_lambda: LayerSync weight must be > 0, got -1.0" in result.stderr
+
+
+def test_an_unwritable_output_dir_is_one_clear_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert train_main(["--output-dir", str(blocker / "run"), "--max_train_steps", "1"]) == 1
+    assert f"cannot write to output_dir '{blocker / 'run'}'" in capsys.readouterr().err

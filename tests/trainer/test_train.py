@@ -153,3 +153,14 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_and_cancelled(tmp_path, 
     checkpoint = [e for e in events if e["event"] == "checkpoint"][-1]
     assert checkpoint["step"] == end["step"]
     assert json.loads((out / checkpoint["path"] / "state.json").read_text()) == {"step": end["step"]}
+
+
+def test_a_second_interrupt_stops_at_once():
+    from trainer.train import StopRequest
+
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
