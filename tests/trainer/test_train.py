@@ -1,7 +1,6 @@
 """Real, short training runs of a tiny demo model (a few seconds each)."""
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -10,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.utils.factories import fast_config, write_config
 from trainer.capture import Block
