@@ -140,10 +140,11 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_and_cancelled(tmp_path, 
         time.sleep(0.2)
     else:
         process.kill()
+        process.communicate()
         pytest.fail("the trainer wrote no metric within 120 s")
     process.send_signal(signal.SIGTERM)
-    code = process.wait(timeout=60)
-    assert code == 130
+    process.communicate(timeout=60)
+    assert process.returncode == 130
     events = read_events(out)
     end = events[-1]
     assert end["event"] == "end" and end["status"] == "cancelled" and end["step"] < 100000
