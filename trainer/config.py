@@ -52,7 +52,7 @@ def resolve_block_index(index: int, depth: int, role: str = "block") -> int:
 class TrainConfig(BaseModel):
     """A training run, flat, as in a SimpleTuner config.json."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=False, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, protected_namespaces=())
 
     # model
     model_family: str = Field("demo", description="Model family from the registry (see `layersync families`).")

@@ -88,6 +88,11 @@ def test_wrong_types_get_words_a_person_understands():
     assert errors["learning_rate"] == "must be greater than 0, got -1"
 
 
+def test_infinite_and_nan_numbers_are_refused():
+    errors = errors_of({"learning_rate": "inf", "layersync_lambda": float("nan")})
+    assert errors == {"learning_rate": "must be a finite number, got 'inf'", "layersync_lambda": "must be a finite number, got nan"}
+
+
 def test_a_config_must_be_an_object():
     assert "JSON object" in errors_of([1, 2])[""]
 
