@@ -1,4 +1,4 @@
-"""Command line: ``layersync train`` and ``python -m trainer``.
+"""Command line of the training program: ``python -m trainer`` (also ``layersync train``).
 
 Any config key can be given or overridden as a flag (``--layersync_student_block 8``); the
 upstream LayerSync flags ``--encoder-depth``, ``--gt-encoder-depth`` and ``--reg-weight`` are
@@ -170,22 +170,3 @@ def _print_summary(output_dir: str) -> None:
     if end.get("reason"):
         line += f"; {end['reason']}"
     print(line, file=sys.stderr)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``layersync`` console script: ``layersync train …``, ``layersync families``."""
-    argv = sys.argv[1:] if argv is None else argv
-    commands = {"train": "train a model (see layersync train --help)", "families": "list the model families"}
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        print("usage: layersync COMMAND [options]\n\ncommands:", file=sys.stderr)
-        for name, text in commands.items():
-            print(f"  {name:10s} {text}", file=sys.stderr)
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"\nerror: unknown command {argv[0]!r}: choose one of {', '.join(commands)}", file=sys.stderr)
-            return 2
-        return 0
-    if argv[0] == "families":
-        for family in FAMILIES.values():
-            print(f"{family.name:14s} {family.label}")
-        return 0
-    return train_main(argv[1:])

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.utils.factories import SEED_SNIPPET, write_config
-from trainer.cli import config_from_args, main, train_main
+from trainer.cli import config_from_args, train_main
 from trainer.config import ConfigError, validate_config
 from trainer.events import read_events
 
@@ -79,13 +79,6 @@ def test_print_config_shows_the_full_config(tmp_path, capsys):
     assert train_main(["--config", str(path), "--print-config"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["layersync_lambda"] == 0.2 and printed["model_family"] == "demo"
-
-
-def test_console_entry_lists_families_and_refuses_unknown_commands(capsys):
-    assert main(["families"]) == 0
-    assert "demo" in capsys.readouterr().out
-    assert main(["trian"]) == 2
-    assert "unknown command 'trian'" in capsys.readouterr().err
 
 
 def test_python_dash_m_trainer_reports_a_bad_config_in_one_line(tmp_path):

@@ -1,0 +1,87 @@
+"""The ``layersync`` console script: ``serve`` (the web app), ``train`` and ``families`` (the trainer's).
+
+Importing this module does not import torch: ``train`` imports it only once a config is valid.
+"""
+
+import argparse
+import ipaddress
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from app.main import create_app
+from app.settings import Settings
+from trainer.cli import train_main
+from trainer.families import FAMILIES
+
+SHUTDOWN_SECONDS = 3
+
+COMMANDS = {
+    "serve": "start the web app (see layersync serve --help)",
+    "train": "train a model (see layersync train --help)",
+    "families": "list the model families",
+}
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
+
+
+class Server(uvicorn.Server):
+    """Ends the live event streams when asked to stop: they never end by themselves, and uvicorn
+    waits for open responses (SHUTDOWN_SECONDS at most). Browsers reconnect with Last-Event-ID."""
+
+    def handle_exit(self, sig, frame):
+        broker = getattr(self.config.app.state, "broker", None)
+        if broker is not None:
+            broker.close_all_threadsafe()
+        super().handle_exit(sig, frame)
+
+
+def serve_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="layersync serve", description="Serve LayerSync Studio: pages, API and run scheduler.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    parser.add_argument("--data-dir", type=Path, help="database and run folders (default: ./layersync-data, or LAYERSYNC_DATA_DIR)")
+    args = parser.parse_args(argv)
+    if not is_loopback(args.host):
+        print(
+            f"warning: listening on {args.host}: anyone who can reach this address can start, cancel and delete "
+            "runs (there is no login); use --host 127.0.0.1 and an SSH tunnel unless this network is yours alone",
+            file=sys.stderr,
+        )
+    settings = Settings(data_dir=args.data_dir) if args.data_dir else Settings()
+    print(f"LayerSync Studio on http://{args.host}:{args.port}/ (data in {settings.data_dir})", file=sys.stderr)
+    config = uvicorn.Config(create_app(settings), host=args.host, port=args.port, timeout_graceful_shutdown=SHUTDOWN_SECONDS)
+    Server(config).run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``layersync serve …``, ``layersync train …``, ``layersync families``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: layersync COMMAND [options]\n\ncommands:", file=sys.stderr)
+        for name, text in COMMANDS.items():
+            print(f"  {name:10s} {text}", file=sys.stderr)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nerror: unknown command {argv[0]!r}: choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+            return 2
+        return 0
+    if argv[0] == "serve":
+        return serve_main(argv[1:])
+    if argv[0] == "families":
+        for family in FAMILIES.values():
+            print(f"{family.name:14s} {family.label}")
+        return 0
+    return train_main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

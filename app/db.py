@@ -1,0 +1,46 @@
+"""The database engine (SQLite in WAL mode by default) and the request-scoped session."""
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, SQLModel, create_engine
+
+from app import models  # noqa: F401 - registers the tables on SQLModel.metadata
+
+
+def make_engine(url: str) -> Engine:
+    """An engine whose SQLite connections wait for each other instead of failing with 'locked'."""
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    # routes run in a thread pool and every SSE replay takes a connection: a pool of 5 is too few
+    engine = create_engine(url, connect_args={"check_same_thread": False}, pool_size=20, max_overflow=40)
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(connection, _record):
+        cursor = connection.cursor()
+        # WAL: readers (SSE replays, pages) never block the follower's writes, nor it them
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return engine
+
+
+def create_schema(engine: Engine) -> None:
+    SQLModel.metadata.create_all(engine)
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with Session(request.app.state.engine) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]

@@ -1,0 +1,67 @@
+"""Error answers: every bad request gets a 4xx whose message says what was wrong and what to do.
+
+422 bodies have one shape whatever caught the problem (FastAPI's request parsing or the run
+config schema): ``{"detail": [{"loc": ["body", "layersync_lambda"], "msg": "..."}]}``; a
+config key's message is exactly the CLI's.
+"""
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from app.runs import NotFound, RunStateError
+from trainer.config import ConfigError
+
+JSON_KINDS = {list: "a list", str: "text", int: "a number", float: "a number", bool: "true or false", type(None): "null"}
+EXAMPLE = '{"layersync_enabled": true, "layersync_student_block": 8, "layersync_teacher_block": 16}'
+
+
+def human_message(error: dict) -> str:
+    """One of FastAPI's request errors in words a person understands."""
+    loc, kind, ctx, value = error["loc"], error["type"], error.get("ctx") or {}, error.get("input")
+    where, name = loc[0], str(loc[-1]) if len(loc) > 1 else "the body"
+    if kind == "json_invalid":
+        return f"the body is not valid JSON ({ctx.get('error', 'cannot parse it')}): send one JSON object, e.g. {EXAMPLE}"
+    if where == "body" and kind == "missing":
+        return f"the body is empty: send the run's config as one JSON object, e.g. {EXAMPLE}"
+    if where == "body" and kind == "dict_type" and isinstance(value, bytes):
+        return f"the body was not sent as JSON: send it with the header Content-Type: application/json, e.g. {EXAMPLE}"
+    if where == "body" and kind == "dict_type":
+        return f"the config must be a JSON object of keys and values, got {JSON_KINDS.get(type(value), 'something else')}: e.g. {EXAMPLE}"
+    messages = {
+        "missing": f"{name} is required",
+        "int_parsing": f"{name} must be a whole number, got {value!r}",
+        "int_type": f"{name} must be a whole number, got {value!r}",
+        "greater_than_equal": f"{name} must be at least {ctx.get('ge')}, got {value}",
+        "less_than_equal": f"{name} must be at most {ctx.get('le')}, got {value}",
+        "literal_error": f"{name} must be one of {ctx.get('expected')}, got {value!r}",
+        "string_too_long": f"{name} is too long: keep it to {ctx.get('max_length')} characters",
+    }
+    return messages.get(kind, f"{name}: {error['msg']}")
+
+
+def _detail(status: int, detail) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+async def _request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return _detail(422, [{"loc": list(error["loc"]), "msg": human_message(error)} for error in exc.errors()])
+
+
+async def _config_invalid(request: Request, exc: ConfigError) -> JSONResponse:
+    return _detail(422, [{"loc": ["body", key] if key else ["body"], "msg": message} for key, message in exc.errors])
+
+
+async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
+    return _detail(404, str(exc))
+
+
+async def _conflict(request: Request, exc: RunStateError) -> JSONResponse:
+    return _detail(409, str(exc))
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _request_invalid)
+    app.add_exception_handler(ConfigError, _config_invalid)
+    app.add_exception_handler(NotFound, _not_found)
+    app.add_exception_handler(RunStateError, _conflict)

@@ -1,0 +1,169 @@
+"""Follows each live run's events.jsonl into the database.
+
+The byte offset of what was stored is kept on the run row and moves in the same transaction as
+the rows made from those bytes, and the transaction starts by moving it from the value that was
+read: a crash, a restart or a second reader can never store a line twice or skip one. Only
+complete lines are read; a line still being written waits for the next pass. A line that is not
+an event is skipped with a warning (it cannot become one later: the worker appends whole lines).
+"""
+
+import asyncio
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select, update
+
+from app.eventlog import append_event
+from app.metrics import record_points
+from app.models import FINISHED, SQL_INT_MAX, Run, utcnow
+from trainer.events import EVENT_TYPES, EVENTS_FILE
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.1
+CHUNK_BYTES = 4 << 20  # a long backlog (a restart after hours) is stored a chunk per transaction
+NOT_SERIES = ("event", "time", "step")
+
+
+def follow_run(engine: Engine, run_id: int) -> int:
+    """Store the complete lines appended to the run's events file since the last call; returns how many."""
+    stored = 0
+    while True:
+        count, more = _follow_chunk(engine, run_id)
+        stored += count
+        if not more:
+            return stored
+
+
+def _follow_chunk(engine: Engine, run_id: int) -> tuple[int, bool]:
+    with Session(engine) as session:
+        run = session.get(Run, run_id)
+        if run is None or run.status != "running":
+            return 0, False
+        offset, path = run.events_offset, Path(run.output_dir) / EVENTS_FILE
+        try:
+            if os.path.getsize(path) <= offset:
+                return 0, False
+            with open(path, "rb") as file:
+                file.seek(offset)
+                chunk = file.read(CHUNK_BYTES)
+        except FileNotFoundError:  # the worker has not written its first event yet
+            return 0, False
+        end = chunk.rfind(b"\n") + 1
+        if end == 0 and len(chunk) == CHUNK_BYTES:
+            end = len(chunk)  # one line longer than a chunk is not an event; don't wait on it forever
+        events, end = _events(run_id, offset, chunk[:end])
+        if end == 0:
+            return 0, False
+        # claim the bytes first: this write is what makes a concurrent reader's transaction fail
+        claimed = session.exec(
+            update(Run).where(Run.id == run_id, Run.events_offset == offset).values(events_offset=offset + end)
+        ).rowcount
+        if not claimed:
+            session.rollback()
+            return 0, False
+        _store(session, run_id, events)
+        session.commit()
+        return len(events), len(chunk) == CHUNK_BYTES  # a full chunk: the file may hold more
+
+
+def _events(run_id: int, offset: int, data: bytes) -> tuple[list[dict], int]:
+    """The events in ``data`` (complete lines) up to and including an ``end``, and the bytes they took."""
+    events, position = [], 0
+    for line in data.splitlines(keepends=True):
+        event = _parse(run_id, offset + position, line)
+        position += len(line)
+        if event is not None:
+            events.append(event)
+            if event["event"] == "end":  # the run is over: nothing after it belongs to it
+                break
+    return events, position
+
+
+def _parse(run_id: int, offset: int, line: bytes) -> dict | None:
+    if not line.strip():
+        return None
+    try:
+        # NaN and Infinity are not JSON: the trainer writes them as null, and so do we
+        event = json.loads(line, parse_constant=lambda constant: None)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        event, problem = None, str(exc)
+    else:
+        problem = _problem(event)
+    if problem:
+        log.warning("run %s: skipped a line of %s after byte %s that is not an event (%s): %.200r",
+                    run_id, EVENTS_FILE, offset, problem, line)
+        return None
+    return event
+
+
+def _problem(event) -> str | None:
+    if not isinstance(event, dict) or event.get("event") not in EVENT_TYPES:
+        return f"needs an 'event' among {', '.join(EVENT_TYPES)}"
+    step = event.get("step")
+    if (event["event"] == "metric" or step is not None) and not (isinstance(step, int) and 0 <= step <= SQL_INT_MAX):
+        return "'step' must be a whole number from 0"
+    if event["event"] == "end" and event.get("status") not in FINISHED:
+        return f"an end needs a 'status' among {', '.join(FINISHED)}"
+    return None
+
+
+def _store(session: Session, run_id: int, events: list[dict]) -> None:
+    """Events into the log, metrics into the series, and what the run row shows (one transaction)."""
+    run = session.get(Run, run_id)
+    last_metrics, changes, points = dict(run.last_metrics), {}, []
+    for event in events:
+        append_event(session, run_id=run_id, event=event)
+        kind = event["event"]
+        if event.get("step") is not None and kind in ("metric", "status", "end"):
+            changes["step"] = event["step"]
+        if kind == "metric":
+            values = {k: _number(v) for k, v in event.items() if k not in NOT_SERIES}
+            values = {k: v for k, v in values.items() if v is not None}
+            points += [(event["step"], name, value) for name, value in values.items()]
+            last_metrics.update(values)
+        elif kind == "checkpoint":
+            changes["last_checkpoint"] = event.get("path")
+        elif kind == "error":
+            changes["error"] = str(event.get("message", ""))
+        elif kind == "end":
+            changes.update(status=event["status"], finished_at=utcnow())
+            if event["status"] == "failed" and event.get("reason"):
+                changes["error"] = str(event["reason"])
+    record_points(session, run_id=run_id, points=points)
+    if last_metrics != run.last_metrics:
+        changes["last_metrics"] = last_metrics
+    if changes:
+        session.exec(update(Run).where(Run.id == run_id).values(**changes))
+
+
+def _number(value) -> float | None:
+    """A metric's value as a float; None for what is no finite number (null, text, true, 1e999)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def follow_live_runs(engine: Engine) -> int:
+    with Session(engine) as session:
+        live = list(session.exec(select(Run.id).where(Run.status == "running")))
+    return sum(follow_run(engine, run_id) for run_id in live)
+
+
+async def follow_forever(engine: Engine, stored: asyncio.Event) -> None:
+    """The lifespan task: a pass over the live runs every POLL_SECONDS; sets ``stored`` after new rows."""
+    while True:
+        try:
+            if await asyncio.to_thread(follow_live_runs, engine):
+                stored.set()
+        except Exception:  # noqa: BLE001 - one bad pass (a locked database, a full disk) must not stop following
+            log.exception("following the runs' events failed; retrying")
+        await asyncio.sleep(POLL_SECONDS)

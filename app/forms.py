@@ -1,0 +1,254 @@
+"""The new-run form, both ways: what the form shows (sections, labels, help) and form fields → the flat
+config dict that the one schema validates.
+
+Torch-free and HTTP-free, so it is unit-tested alone. The schema (trainer.config) stays the judge of
+every value: this module only turns form strings into JSON-like values and never rejects anything
+itself, so the form, the API and the CLI give the same messages.
+"""
+
+import math
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from trainer.config import FIELDS, LAYERSYNC_DEFAULT_LAMBDA
+from trainer.families import FAMILIES, ModelDirError, model_depth
+
+LAYERSYNC_KEYS = ("layersync_student_block", "layersync_teacher_block", "layersync_lambda")
+
+# Keys the form leaves out, and why (a test checks every schema key is in the form or here).
+NOT_IN_FORM = {
+    "output_dir": "the server gives each run its own folder",
+    "resume_from_checkpoint": "a new run has no checkpoint to resume",
+    "layersync_pairs": "extra pairs are an expert knob: set them through the JSON API or the CLI",
+}
+
+LABELS = {
+    "model_family": "Model family",
+    "pretrained_model_name_or_path": "Model directory",
+    "resolution": "Resolution",
+    "max_train_steps": "Max train steps",
+    "train_batch_size": "Batch size",
+    "learning_rate": "Learning rate",
+    "lr_scheduler": "LR scheduler",
+    "lr_warmup_steps": "LR warmup steps",
+    "seed": "Seed",
+    "gradient_checkpointing": "Gradient checkpointing",
+    "mixed_precision": "Mixed precision",
+    "use_ema": "Use EMA weights",
+    "logging_steps": "Logging steps",
+    "validation_steps": "Validation steps",
+    "checkpointing_steps": "Checkpointing steps",
+    # the reference page's labels, exactly: users know them
+    "layersync_enabled": "Enable LayerSync",
+    "layersync_student_block": "Student Block",
+    "layersync_teacher_block": "Teacher Block",
+    "layersync_lambda": "Weight",
+    "adam_beta1": "Adam beta1",
+    "adam_beta2": "Adam beta2",
+    "adam_weight_decay": "Adam weight decay",
+    "adam_epsilon": "Adam epsilon",
+    "max_grad_norm": "Max grad norm",
+    "caption_dropout_probability": "Label dropout probability",
+    "ema_decay": "EMA decay",
+    "validation_num_inference_steps": "Sampler steps",
+    "validation_guidance": "Guidance scale",
+    "checkpoints_total_limit": "Checkpoints to keep",
+}
+
+
+def _demo_depth() -> int:
+    try:
+        return model_depth(FAMILIES["demo"], None)
+    except (KeyError, ModelDirError):  # no demo family: the help text just leaves the number out
+        return 0
+
+
+_DEPTH = _demo_depth()
+_DEMO_NOTE = f" The built-in demo model has {_DEPTH} blocks." if _DEPTH else ""
+
+# Help for the LayerSync controls: the reference page's advice, in our words.
+HELP = {
+    "layersync_enabled": "Pulls a mid-layer (the student) toward a deeper layer (the teacher) with a negative "
+    "cosine similarity. Logs layersync_loss and layersync_similarity.",
+    "layersync_student_block": "A mid-layer, counted from 1. On 24-layer models start with 8." + _DEMO_NOTE,
+    "layersync_teacher_block": "A deeper block: 16 on 24-layer models; on shorter stacks keep the teacher a few "
+    "blocks deeper than the student. Empty: the student block, and LayerSync does nothing.",
+    "layersync_lambda": f"Scales the LayerSync term; must be above 0. Leave it at {LAYERSYNC_DEFAULT_LAMBDA:g} if unsure.",
+    "pretrained_model_name_or_path": "A local folder written by save_pretrained. Empty: the family's built-in model.",
+    "learning_rate": "Peak AdamW learning rate. Empty: the family's default (1e-3 for the demo, trained from scratch).",
+}
+
+
+@dataclass(frozen=True)
+class FormField:
+    key: str
+    label: str
+    help: str
+    kind: str  # "checkbox", "select", "int", "float" or "text"
+    choices: list[tuple[str, str]] = field(default_factory=list)  # (value, label) for selects
+
+
+@dataclass(frozen=True)
+class Section:
+    id: str  # the fieldset's id, also the in-page link target
+    title: str
+    fields: list[FormField]
+    note: str = ""
+    parent: str = ""  # a section shown inside another one (Training → Loss functions)
+    collapsed: bool = False
+
+
+def _kind(key: str) -> tuple[str, list[tuple[str, str]]]:
+    """The input kind of a schema key, read from its type annotation."""
+    if key == "model_family":
+        return "select", [(name, family.label) for name, family in FAMILIES.items()]
+    annotation = FIELDS[key].annotation
+    if typing.get_origin(annotation) is typing.Literal:
+        return "select", [(value, value) for value in typing.get_args(annotation)]
+    types = set(typing.get_args(annotation)) or {annotation}
+    types.discard(type(None))
+    for kind, python_type in (("checkbox", bool), ("int", int), ("float", float)):
+        if python_type in types:
+            return kind, []
+    return "text", []
+
+
+def _field(key: str) -> FormField:
+    kind, choices = _kind(key)
+    return FormField(key, LABELS.get(key, key), HELP.get(key, FIELDS[key].description or ""), kind, choices)
+
+
+def _section(id: str, title: str, keys: list[str], **kwargs) -> Section:
+    return Section(id, title, [_field(key) for key in keys], **kwargs)
+
+
+SECTIONS = [
+    _section("model", "Model", ["model_family", "pretrained_model_name_or_path", "resolution"]),
+    _section(
+        "data",
+        "Data",
+        [],
+        note="The built-in digits (scikit-learn's handwritten digits, ten classes, no download) are the only "
+        "dataset for now; more will come with more model families.",
+    ),
+    _section(
+        "training",
+        "Training",
+        [
+            "max_train_steps", "train_batch_size", "learning_rate", "lr_scheduler", "lr_warmup_steps", "seed",
+            "gradient_checkpointing", "mixed_precision", "use_ema", "logging_steps", "validation_steps",
+            "checkpointing_steps",
+        ],
+    ),
+    _section("loss-functions", "Loss functions", ["layersync_enabled", *LAYERSYNC_KEYS], parent="training"),
+    _section(
+        "advanced",
+        "Advanced",
+        [
+            "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon", "max_grad_norm",
+            "caption_dropout_probability", "ema_decay", "validation_num_inference_steps", "validation_guidance",
+            "checkpoints_total_limit",
+        ],
+        collapsed=True,
+    ),
+]
+
+FORM_FIELDS = {f.key: f for section in SECTIONS for f in section.fields}
+
+
+def _text(value) -> str:
+    """A config value as the form shows it."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}" if abs(value) < 1e-3 or abs(value) >= 1e6 else repr(value)
+    return str(value)
+
+
+def config_to_values(config: Mapping) -> dict[str, str]:
+    """A flat config (possibly partial) → the form's values, every form field filled (defaults elsewhere)."""
+    values = default_values()
+    values.update({key: _text(value) for key, value in config.items() if key in FORM_FIELDS})
+    return values
+
+
+def default_values() -> dict[str, str]:
+    """The form as it first opens: the schema's defaults, Weight pre-filled with 0.2 as on the reference page."""
+    values = {key: _text(FIELDS[key].default) for key in FORM_FIELDS}
+    values["layersync_lambda"] = _text(LAYERSYNC_DEFAULT_LAMBDA)
+    return values
+
+
+def _checked(raw: str | None) -> bool:
+    return (raw or "").strip().lower() in ("on", "true", "1", "yes")
+
+
+def _number(raw: str, kind: str):
+    """'8' → 8 and '0.2' → 0.2; anything else stays text, so the schema names the problem in its words."""
+    try:
+        value = int(raw) if kind == "int" else float(raw)
+    except ValueError:
+        return raw
+    return value if math.isfinite(value) else raw
+
+
+def form_values(form: Mapping[str, str]) -> dict[str, str]:
+    """The submitted form as strings, for re-rendering it after an error exactly as the user typed it."""
+    values = default_values()
+    for key, f in FORM_FIELDS.items():
+        if f.kind == "checkbox":
+            values[key] = "true" if _checked(form.get(key)) else "false"
+        else:
+            values[key] = str(form.get(key, "")).strip()
+    return values
+
+
+def form_to_config(form: Mapping[str, str]) -> tuple[str | None, dict]:
+    """Posted form → (run name or None, flat config dict).
+
+    Checkboxes become true/false (an unticked box is not sent at all); empty text means "not set"
+    and leaves the key out, so the schema's default applies. Keys the form does not know are kept,
+    so the schema rejects them by name instead of us dropping them silently.
+    """
+    name = str(form.get("name", "")).strip() or None
+    config: dict = {}
+    for key, raw in form.items():
+        if key == "name" or key in FORM_FIELDS:
+            continue
+        config[key] = raw
+    for key, f in FORM_FIELDS.items():
+        if f.kind == "checkbox":
+            config[key] = _checked(form.get(key))
+            continue
+        raw = str(form.get(key, "")).strip()
+        if raw == "":
+            continue
+        config[key] = _number(raw, f.kind) if f.kind in ("int", "float") else raw
+    if not config.get("layersync_enabled"):
+        # The page disables these three while LayerSync is off (disabled inputs are not posted);
+        # without JavaScript they are posted anyway, and must not count either.
+        for key in LAYERSYNC_KEYS:
+            config.pop(key, None)
+    return name, config
+
+
+def _block(raw: str) -> int | None:
+    try:
+        index = int(raw)
+    except (TypeError, ValueError):
+        return None
+    return index - 1 if index >= 1 else index  # 1-based-friendly, as the schema resolves it
+
+
+def layersync_is_noop(values: Mapping[str, str]) -> bool:
+    """True when LayerSync is on and the teacher resolves to the student's block (an empty teacher is
+    the student): the detached similarity is then always 1 and the term does nothing."""
+    if not _checked(values.get("layersync_enabled")):
+        return False
+    student = _block(values.get("layersync_student_block", ""))
+    teacher_raw = values.get("layersync_teacher_block", "")
+    teacher = student if str(teacher_raw).strip() == "" else _block(teacher_raw)
+    return student is not None and teacher == student

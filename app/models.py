@@ -1,0 +1,111 @@
+"""Tables: runs, their metric points (and per-block summaries of them), and their event log."""
+
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import field_validator
+from sqlalchemy import JSON, Column, Index
+from sqlmodel import Field, SQLModel
+
+RUN_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+FINISHED = ("completed", "failed", "cancelled")
+SQL_INT_MAX = 2**63 - 1  # the largest integer a column holds: ids and steps beyond it are refused before a query
+
+# metric points are summarised per block of this many steps, so a long series is downsampled
+# from ~1/64 of its rows (see app.metrics)
+BLOCK_STEPS = 64
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class RunBase(SQLModel):
+    # no RunCreate: a run is created from the flat config JSON itself (with the name beside it),
+    # so a file that works with the CLI posts as it is
+    name: str = Field(max_length=200)
+
+
+class Run(RunBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    config: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="queued", index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    output_dir: str = ""
+    pid: int | None = None
+    slot: str | None = None  # the GPU id the worker was given, or "cpu"
+    error: str | None = None  # why it failed, in words
+    step: int = 0  # the last step the worker reported
+    last_metrics: dict[str, float] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    last_checkpoint: str | None = None
+    cancel_requested: bool = False
+    events_offset: int = 0  # bytes of events.jsonl already stored: a restarted server resumes here
+
+
+class RunPublic(RunBase):
+    id: int
+    url: str
+    status: str
+    config: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    output_dir: str
+    pid: int | None
+    error: str | None
+    step: int
+    max_train_steps: int
+    last_metrics: dict[str, float]
+    last_checkpoint: str | None
+    sample_url: str | None  # the newest sample grid
+    cancel_requested: bool
+
+    @field_validator("created_at", "started_at", "finished_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        # SQLite hands datetimes back without their zone; they were stored as UTC
+        return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
+
+class RunsPage(SQLModel):
+    runs: list[RunPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class Metric(SQLModel, table=True):
+    """One point of one series; a resumed run that repeats a step overwrites it."""
+
+    # (run_id, name, step) in that order: one series is one range of the primary key
+    __table_args__ = {"sqlite_with_rowid": False}
+    run_id: int = Field(primary_key=True, foreign_key="run.id")
+    name: str = Field(primary_key=True)
+    step: int = Field(primary_key=True)
+    value: float
+
+
+class MetricBlock(SQLModel, table=True):
+    """The smallest and largest point of a series within steps [block*BLOCK_STEPS, (block+1)*BLOCK_STEPS)."""
+
+    __table_args__ = {"sqlite_with_rowid": False}
+    run_id: int = Field(primary_key=True, foreign_key="run.id")
+    name: str = Field(primary_key=True)
+    block: int = Field(primary_key=True)
+    count: int
+    min_step: int
+    min_value: float
+    max_step: int
+    max_value: float
+
+
+class RunEvent(SQLModel, table=True):
+    """Every event of a run, in order; ``seq`` is the SSE ``id:`` and ``data`` the JSON sent as is."""
+
+    __table_args__ = (Index("ix_runevent_run_seq", "run_id", "seq"),)
+    seq: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id")
+    kind: str
+    data: str

@@ -1,0 +1,241 @@
+"""The HTML pages (runs list, new-run form, run page, compare) and the partials htmx swaps in.
+
+Every route works without JavaScript: forms post plainly and redirect (303); an htmx request gets
+the partial it swaps instead. Templates autoescape everything; nothing from a user is marked safe.
+"""
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader
+from starlette.concurrency import run_in_threadpool
+
+from app.db import SessionDep
+from app.eventlog import last_seq
+from app.forms import FORM_FIELDS, SECTIONS, config_to_values, default_values, form_to_config, form_values, layersync_is_noop
+from app.models import FINISHED, RUN_STATUSES
+from app.runs import RunNotFound, RunStateError, cancel_run, create_run, get_run, latest_sample_url, list_runs, log_tail
+from trainer.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATES_DIR = ROOT / "templates"
+STATIC_DIR = ROOT / "static"  # mounted at /static by app.main
+
+PAGE_SIZE = 50
+LOG_LINES = 60
+CHART_METRICS = ("loss", "diffusion_loss", "layersync_loss", "layersync_similarity")
+RUN_METRICS = CHART_METRICS + ("val_diffusion_loss",)
+COMPARE_METRICS = ("diffusion_loss", "val_diffusion_loss", "loss", "layersync_loss", "layersync_similarity")
+LIVE = tuple(status for status in RUN_STATUSES if status not in FINISHED)
+
+
+def _num(value) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite hands datetimes back without a zone; they were stored as UTC
+    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
+
+# autoescape on for every template, whatever its file name: run names and config text are user input
+templates = Jinja2Templates(env=Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=True))
+templates.env.filters.update(
+    num=_num,
+    when=lambda value: _utc(value).strftime("%Y-%m-%d %H:%M UTC") if value else "",
+    iso=lambda value: _utc(value).isoformat() if value else "",
+)
+templates.env.globals.update(known_statuses=RUN_STATUSES, live_statuses=LIVE)
+
+router = APIRouter(include_in_schema=False)
+
+
+def _render(request: Request, template: str, status_code: int = 200, **context) -> HTMLResponse:
+    return templates.TemplateResponse(request, template, context, status_code=status_code)
+
+
+def _is_htmx(request: Request) -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+def _item(run) -> dict:
+    """What a page shows of a run: the run, its config and its latest values (with the step)."""
+    return {"run": run, "config": run.config or {}, "metrics": {**(run.last_metrics or {}), "step": run.step}}
+
+
+def _not_found(request: Request, exc: RunNotFound) -> HTMLResponse:
+    return _render(request, "error.html", status_code=404, title="Run not found", message=str(exc))
+
+
+# --- runs list ---------------------------------------------------------------------------------------
+
+def _runs_context(session, page: int) -> dict:
+    listing = list_runs(session, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+    items = [_item(run) for run in listing.runs]
+    return {
+        "items": items,
+        "page": page,
+        "has_more": listing.offset + len(items) < listing.total,
+        "any_live": any(item["run"].status in LIVE for item in items),
+        "list_metrics": CHART_METRICS,
+    }
+
+
+@router.get("/", response_class=HTMLResponse)
+def runs_page(request: Request, session: SessionDep, page: Annotated[int, Query(ge=1)] = 1):
+    """The runs list, newest first."""
+    return _render(request, "runs.html", nav="runs", **_runs_context(session, page))
+
+
+@router.get("/partials/runs", response_class=HTMLResponse)
+def runs_rows(request: Request, session: SessionDep, page: Annotated[int, Query(ge=1)] = 1):
+    """The runs table's rows (polled while a run is live)."""
+    return _render(request, "partials/runs_rows.html", **_runs_context(session, page))
+
+
+# --- new run -----------------------------------------------------------------------------------------
+
+def _form(request: Request, *, values: dict, errors: dict, name: str = "", status_code: int = 200) -> HTMLResponse:
+    context = dict(
+        sections=SECTIONS, fields=FORM_FIELDS, values=values, errors=errors, run_name=name,
+        defaults=default_values(), noop=layersync_is_noop(values), nav="new",
+    )
+    template = "partials/run_form.html" if _is_htmx(request) else "new_run.html"
+    return _render(request, template, status_code=status_code, **context)
+
+
+@router.get("/runs/new", response_class=HTMLResponse)
+def new_run_page(request: Request):
+    """The new-run form with the schema's defaults."""
+    return _form(request, values=default_values(), errors={})
+
+
+@router.post("/runs/new", response_class=HTMLResponse)
+async def new_run_submit(request: Request, session: SessionDep):
+    """Create a run from the form: 303 to its page, or 422 with the form and a message by each field."""
+    posted = {key: value for key, value in (await request.form()).multi_items() if isinstance(value, str)}
+    name, config = form_to_config(posted)
+    errors: dict[str, str] = {}
+    try:
+        # in a thread: a write may wait for SQLite's lock, and the event loop serves live streams
+        run = await run_in_threadpool(
+            create_run, session, config=config, name=name, runs_dir=request.app.state.settings.runs_dir
+        )
+    except ConfigError as exc:
+        for key, message in exc.errors:
+            errors[key] = f"{errors[key]}; {message}" if key in errors else message
+    except RunStateError as exc:  # a name too long
+        errors["name"] = str(exc)
+    if errors:
+        return _form(request, values=form_values(posted), errors=errors, name=name or "", status_code=422)
+    url = f"/runs/{run.id}"
+    if _is_htmx(request):
+        return Response(headers={"HX-Redirect": url})  # a whole new page, not a swap into the form
+    return RedirectResponse(url, status_code=303)
+
+
+@router.get("/runs/new/from/{run_id}", response_class=HTMLResponse)
+def new_run_from(request: Request, session: SessionDep, run_id: int):
+    """The form filled with an earlier run's config (for a paired run: change one thing, start)."""
+    try:
+        run = get_run(session, run_id=run_id)
+    except RunNotFound as exc:
+        return _not_found(request, exc)
+    return _form(request, values=config_to_values(run.config or {}), errors={}, name=f"{run.name} (again)")
+
+
+# --- one run -----------------------------------------------------------------------------------------
+
+def _run_context(run) -> dict:
+    return {
+        **_item(run),
+        "run_metrics": RUN_METRICS,
+        "chart_metrics": CHART_METRICS,
+        "log_lines": log_tail(run.output_dir, LOG_LINES) if run.output_dir else [],
+        "sample": _sample(run),
+    }
+
+
+def _sample(run) -> dict | None:
+    url = latest_sample_url(run) if run.output_dir else None
+    return {"url": url, "name": url.rsplit("/", 1)[-1]} if url else None
+
+
+def _run_view(request: Request, session, run_id: int, template: str, **extra) -> HTMLResponse:
+    """A run's page or one of its partials; the 404 page for an unknown run."""
+    try:
+        run = get_run(session, run_id=run_id)
+    except RunNotFound as exc:
+        return _not_found(request, exc)
+    return _render(request, template, **_run_context(run), **extra)
+
+
+@router.get("/runs/{run_id}", response_class=HTMLResponse)
+def run_page(request: Request, session: SessionDep, run_id: int):
+    """One run: status card, live chart, samples and log."""
+    # the stream starts after the newest stored event (read first: the chart's history, loaded
+    # later from the API, holds at least as much; the chart drops the steps it already has)
+    since = last_seq(session, run_id=run_id)
+    return _run_view(request, session, run_id, "run.html", nav="runs", since=since)
+
+
+@router.post("/runs/{run_id}/cancel", response_class=HTMLResponse)
+def run_cancel(request: Request, session: SessionDep, run_id: int):
+    """Cancel a run, then show its status (the card for htmx, the page otherwise)."""
+    try:
+        cancel_run(session, run_id=run_id)
+    except RunNotFound as exc:
+        return _not_found(request, exc)
+    except RunStateError:
+        pass  # it ended meanwhile: the card shows how
+    if _is_htmx(request):
+        return _run_view(request, session, run_id, "partials/run_status.html")
+    return RedirectResponse(f"/runs/{run_id}", status_code=303)
+
+
+@router.get("/partials/runs/{run_id}/status", response_class=HTMLResponse)
+def run_status_partial(request: Request, session: SessionDep, run_id: int):
+    """The run's status card."""
+    return _run_view(request, session, run_id, "partials/run_status.html")
+
+
+@router.get("/partials/runs/{run_id}/log", response_class=HTMLResponse)
+def run_log_partial(request: Request, session: SessionDep, run_id: int):
+    """The run's log tail."""
+    return _run_view(request, session, run_id, "partials/run_log.html")
+
+
+@router.get("/partials/runs/{run_id}/sample", response_class=HTMLResponse)
+def run_sample_partial(request: Request, session: SessionDep, run_id: int):
+    """The run's newest sample grid."""
+    return _run_view(request, session, run_id, "partials/run_sample.html")
+
+
+# --- compare -----------------------------------------------------------------------------------------
+
+@router.get("/compare", response_class=HTMLResponse)
+def compare_page(
+    request: Request,
+    session: SessionDep,
+    run: Annotated[list[int], Query()] = [],  # noqa: B006 - FastAPI copies query defaults
+    metric: Literal[COMPARE_METRICS] = "diffusion_loss",
+):
+    """Pick runs and overlay one metric of theirs on one chart."""
+    items = [_item(r) for r in list_runs(session, limit=100).runs]
+    chosen = []
+    for run_id in dict.fromkeys(run):  # each run once, in the order asked
+        try:
+            chosen.append(_item(get_run(session, run_id=run_id)))
+        except RunNotFound as exc:
+            return _not_found(request, exc)
+    chart_runs = [{"id": item["run"].id, "label": f"{item['run'].name} (#{item['run'].id})"} for item in chosen]
+    return _render(
+        request, "compare.html", nav="compare", items=items, chosen=chosen, selected_ids=set(run),
+        metric=metric, compare_metrics=COMPARE_METRICS, chart_runs=chart_runs,
+    )

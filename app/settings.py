@@ -1,0 +1,31 @@
+"""The server's settings: the only place that reads the environment (prefix ``LAYERSYNC_``)."""
+
+import sys
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LAYERSYNC_")
+
+    data_dir: Path = Field(Path("layersync-data"), description="Holds layersync.db and runs/<id>/.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; empty: SQLite at DATA_DIR/layersync.db.")
+    worker_slots: int | None = Field(
+        None, ge=0, description="Runs that train at once; empty: one per visible GPU, one on a CPU-only machine; 0: none."
+    )
+    gpus: str | None = Field(None, description="GPU ids the workers may use, e.g. '0,1'; empty: detect.")
+    # a list so a launcher can wrap the worker, e.g. ["accelerate", "launch", "-m", "trainer"]
+    worker_command: list[str] = Field(
+        default_factory=lambda: [sys.executable, "-m", "trainer"],
+        description="Command that starts a worker; --config, --output-dir and --no-progress are appended.",
+    )
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'layersync.db'}"

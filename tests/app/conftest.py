@@ -1,0 +1,45 @@
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from tests.utils.server import app_settings
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return app_settings(tmp_path / "data")
+
+
+@pytest.fixture
+def client(settings):
+    """The app on a fresh data dir, lifespan running, no worker slots (runs stay queued)."""
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture
+def engine(tmp_path):
+    """A fresh database with the schema, no server."""
+    from app.db import create_schema, make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'layersync.db'}")
+    create_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def running_run(engine, tmp_path):
+    """A run marked running whose output folder exists (its events file not yet)."""
+    from sqlmodel import Session
+
+    from app.models import Run
+
+    output_dir = tmp_path / "data" / "runs" / "1"
+    output_dir.mkdir(parents=True)
+    with Session(engine) as session:
+        run = Run(name="followed", config={"max_train_steps": 10}, status="running", output_dir=str(output_dir))
+        session.add(run)
+        session.commit()
+        session.refresh(run)
+        return run

@@ -1,0 +1,151 @@
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from sqlmodel import Session, update
+
+from app.main import create_app
+from app.models import Run
+from tests.utils.factories import SEED_SNIPPET
+
+
+def messages(response) -> dict[str, str]:
+    """{key: message} of a 422, keyed by the last part of each error's loc."""
+    assert response.status_code == 422, response.text
+    return {str(error["loc"][-1]): error["msg"] for error in response.json()["detail"]}
+
+
+def test_the_reference_snippet_posted_as_is_queues_a_run_on_the_demo(client, settings):
+    response = client.post("/api/runs", json=SEED_SNIPPET)
+    assert response.status_code == 201, response.text
+    run = response.json()
+    assert response.headers["location"] == run["url"] == f"/api/runs/{run['id']}"
+    assert run["status"] == "queued" and run["name"] == "LayerSync 8→16 λ 0.2"
+    assert run["config"]["model_family"] == "demo" and run["config"]["layersync_teacher_block"] == 16
+    assert run["output_dir"] == str(settings.runs_dir / str(run["id"])) == run["config"]["output_dir"]
+    assert client.get(run["url"]).json() == run
+
+
+def test_a_name_travels_as_a_query_parameter_and_the_body_stays_the_config(client):
+    run = client.post("/api/runs", params={"name": "<b>baseline</b>"}, json={}).json()
+    assert run["name"] == "<b>baseline</b>" and run["config"]["layersync_enabled"] is False
+    assert client.post("/api/runs", json={}).json()["name"] == "LayerSync off"
+    assert "keep it to 200 characters" in messages(client.post("/api/runs", params={"name": "x" * 201}, json={}))["name"]
+
+
+def test_config_errors_are_422_with_the_schemas_own_messages_and_no_run_row(client):
+    bad = dict(SEED_SNIPPET, layersync_teacher_block=17, layersync_lambda=0, max_train_steps="many", layersync_enabld=True)
+    errors = messages(client.post("/api/runs", json=bad))
+    assert errors == {
+        "layersync_enabld": "unknown config key 'layersync_enabld': did you mean layersync_enabled?",
+        "max_train_steps": "must be a whole number, got 'many'",
+    }
+    errors = messages(client.post("/api/runs", json=dict(SEED_SNIPPET, layersync_teacher_block=17)))
+    assert errors["layersync_teacher_block"] == "teacher block 17 does not exist: this model has 16 blocks, choose 1–16"
+    assert client.get("/api/runs").json()["total"] == 0
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        (b'{"layersync_enabled": tru', "the body is not valid JSON"),
+        (b"", "the body is empty"),
+        (b"[1, 2]", "must be a JSON object of keys and values"),
+        (b'"text"', "must be a JSON object of keys and values"),
+    ],
+)
+def test_malformed_bodies_are_422_with_what_to_send(client, body, words):
+    response = client.post("/api/runs", content=body, headers={"content-type": "application/json"})
+    (message,) = messages(response).values()
+    assert words in message and "e.g. {" in message
+    assert client.get("/api/runs").json()["total"] == 0
+
+
+@pytest.mark.parametrize("method, path", [
+    ("get", "/api/runs/99"), ("get", "/api/runs/99/metrics"), ("get", "/api/runs/99/events"),
+    ("get", "/api/runs/99/log"), ("post", "/api/runs/99/cancel"), ("delete", "/api/runs/99"),
+])
+def test_unknown_run_ids_are_404_with_where_to_look(client, method, path):
+    response = getattr(client, method)(path)
+    assert response.status_code == 404
+    assert response.json()["detail"] == "run 99 does not exist: list the runs with GET /api/runs"
+
+
+def test_bad_ids_and_parameters_are_422_in_words(client):
+    assert messages(client.get("/api/runs/abc")) == {"run_id": "run_id must be a whole number, got 'abc'"}
+    assert client.get(f"/api/runs/{2**70}").status_code == 404  # beyond SQLite's integers: no such run, not a crash
+    assert messages(client.post("/api/runs", content=b"{}", headers={"content-type": "text/plain"}))["body"].startswith(
+        "the body was not sent as JSON: send it with the header Content-Type: application/json"
+    )
+    assert messages(client.get("/api/runs", params={"limit": 0})) == {"limit": "limit must be at least 1, got 0"}
+    run = client.post("/api/runs", json={}).json()
+    assert "max_points must be at least 2" in messages(client.get(f"{run['url']}/metrics?max_points=1"))["max_points"]
+    status = messages(client.get("/api/runs", params={"status": "done"}))["status"]
+    assert status.startswith("status must be one of") and "'queued'" in status
+
+
+def test_runs_are_listed_newest_first_a_page_at_a_time(client):
+    ids = [client.post("/api/runs", json={}).json()["id"] for _ in range(5)]
+    page = client.get("/api/runs", params={"limit": 2, "offset": 1}).json()
+    assert [run["id"] for run in page["runs"]] == ids[::-1][1:3]
+    assert (page["total"], page["limit"], page["offset"]) == (5, 2, 1)
+    assert client.get("/api/runs", params={"status": "running"}).json()["total"] == 0
+
+
+def test_a_queued_run_is_cancelled_at_once_and_then_cannot_be_cancelled_again(client):
+    run = client.post("/api/runs", json={}).json()
+    response = client.post(f"{run['url']}/cancel")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    again = client.post(f"{run['url']}/cancel")
+    assert again.status_code == 409
+    assert again.json()["detail"] == f"run {run['id']} already ended (cancelled): there is nothing to cancel"
+
+
+def test_delete_removes_the_run_its_folder_and_refuses_a_running_one(client, settings):
+    run = client.post("/api/runs", json={}).json()
+    folder = settings.runs_dir / str(run["id"])
+    folder.mkdir(parents=True)
+    assert client.delete(run["url"]).status_code == 204
+    assert client.get(run["url"]).status_code == 404 and not folder.exists()
+    running = client.post("/api/runs", json={}).json()
+    with Session(client.app.state.engine) as session:
+        session.exec(update(Run).where(Run.id == running["id"]).values(status="running"))
+        session.commit()
+    refused = client.delete(running["url"])
+    assert refused.status_code == 409
+    assert refused.json()["detail"] == (
+        f"run {running['id']} is running: cancel it first (POST /api/runs/{running['id']}/cancel), then delete it"
+    )
+    assert client.get(running["url"]).status_code == 200
+
+
+def test_runs_survive_a_restart(settings):
+    with TestClient(create_app(settings)) as client:
+        run = client.post("/api/runs", params={"name": "kept"}, json=SEED_SNIPPET).json()
+    with TestClient(create_app(settings)) as client:
+        assert client.get(run["url"]).json() == run
+
+
+def test_health_families_and_schema(client):
+    health = client.get("/api/health").json()
+    assert health["status"] == "ok" and health["slots"] == [] and health["queued"] == 0
+    (demo,) = client.get("/api/families").json()
+    assert demo["name"] == "demo" and demo["depth"] == 16
+    fields = {field["key"]: field for field in client.get("/api/schema").json()}
+    assert fields["layersync_enabled"] == {**fields["layersync_enabled"], "type": "boolean", "default": False}
+    assert fields["lr_scheduler"]["choices"] == ["constant", "constant_with_warmup", "linear", "cosine"]
+    assert fields["layersync_lambda"]["nullable"] and fields["resolution"]["maximum"] == 64
+    assert "docs" in client.get("/docs").text.lower() and "/api/runs" in json.dumps(client.get("/openapi.json").json())
+
+
+def test_files_are_served_from_the_run_folder_only(client, settings):
+    run = client.post("/api/runs", json={}).json()
+    samples = settings.runs_dir / str(run["id"]) / "samples"
+    samples.mkdir(parents=True)
+    (samples / "step_0000010.png").write_bytes(b"png")
+    (settings.data_dir / "secret.txt").write_text("no")
+    assert client.get(run["url"]).json()["sample_url"] == f"{run['url']}/files/samples/step_0000010.png"
+    assert client.get(f"{run['url']}/files/samples/step_0000010.png").content == b"png"
+    escape = client.get(f"{run['url']}/files/..%2F..%2Fsecret.txt")
+    assert escape.status_code == 404 and "has no file" in escape.json()["detail"]
