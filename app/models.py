@@ -27,6 +27,8 @@ class RunBase(SQLModel):
 
 
 class Run(RunBase, table=True):
+    # ids are never reused after a delete: a run's URL, folder and event ids stay its own
+    __table_args__ = {"sqlite_autoincrement": True}
     id: int | None = Field(default=None, primary_key=True)
     config: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     status: str = Field(default="queued", index=True)

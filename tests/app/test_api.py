@@ -114,6 +114,7 @@ def test_delete_removes_the_run_its_folder_and_refuses_a_running_one(client, set
         session.commit()
     refused = client.delete(running["url"])
     assert refused.status_code == 409
+    assert running["id"] == run["id"] + 1  # a deleted run's id is not given out again
     assert refused.json()["detail"] == (
         f"run {running['id']} is running: cancel it first (POST /api/runs/{running['id']}/cancel), then delete it"
     )
