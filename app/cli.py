@@ -50,13 +50,15 @@ def serve_main(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     parser.add_argument("--data-dir", type=Path, help="database and run folders (default: ./layersync-data, or LAYERSYNC_DATA_DIR)")
     args = parser.parse_args(argv)
-    if not is_loopback(args.host):
+    settings = Settings(data_dir=args.data_dir) if args.data_dir else Settings()
+    if not is_loopback(args.host) and not settings.token:
         print(
-            f"warning: listening on {args.host}: anyone who can reach this address can start, cancel and delete "
-            "runs (there is no login); use --host 127.0.0.1 and an SSH tunnel unless this network is yours alone",
+            f"warning: listening on {args.host} without LAYERSYNC_TOKEN: anyone who can reach this address can "
+            "start, cancel and delete runs; set LAYERSYNC_TOKEN to a long random secret (e.g. the output of "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))') to require a login, or use "
+            "--host 127.0.0.1 and an SSH tunnel",
             file=sys.stderr,
         )
-    settings = Settings(data_dir=args.data_dir) if args.data_dir else Settings()
     print(f"LayerSync Studio on http://{args.host}:{args.port}/ (data in {settings.data_dir})", file=sys.stderr)
     config = uvicorn.Config(create_app(settings), host=args.host, port=args.port, timeout_graceful_shutdown=SHUTDOWN_SECONDS)
     Server(config).run()

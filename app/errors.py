@@ -6,11 +6,34 @@ config key's message is exactly the CLI's.
 """
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+from pydantic import BaseModel
 
 from app.runs import NotFound, RunStateError
 from trainer.config import ConfigError
+
+class Problem(BaseModel):
+    loc: list[str | int]
+    msg: str
+
+
+class Problems(BaseModel):
+    detail: list[Problem]
+
+
+class Message(BaseModel):
+    detail: str
+
+
+# the shapes of the error answers, for the OpenAPI schema (clients and the fuzzer read them there)
+INVALID = {422: {"model": Problems, "description": "What was wrong with the request, one message per field"},
+           400: {"model": Message, "description": "The body could not be read (it is not UTF-8 JSON)"}}
+UNREADABLE_BODY = "There was an error parsing the body"  # FastAPI's words for a body it cannot decode
+RUN_ERRORS = {404: {"model": Message, "description": "No such run"},
+              409: {"model": Message, "description": "The run's state does not allow this"}}
 
 JSON_KINDS = {list: "a list", str: "text", int: "a number", float: "a number", bool: "true or false", type(None): "null"}
 EXAMPLE = '{"layersync_enabled": true, "layersync_student_block": 8, "layersync_teacher_block": 16}'
@@ -52,6 +75,12 @@ async def _config_invalid(request: Request, exc: ConfigError) -> JSONResponse:
     return _detail(422, [{"loc": ["body", key] if key else ["body"], "msg": message} for key, message in exc.errors])
 
 
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    if exc.status_code == 400 and exc.detail == UNREADABLE_BODY:
+        return _detail(400, f"the body could not be read: send one JSON object in UTF-8, e.g. {EXAMPLE}")
+    return await http_exception_handler(request, exc)
+
+
 async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
     return _detail(404, str(exc))
 
@@ -62,6 +91,7 @@ async def _conflict(request: Request, exc: RunStateError) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _request_invalid)
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(ConfigError, _config_invalid)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(RunStateError, _conflict)

@@ -8,10 +8,11 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app import errors
+from app.auth import AuthMiddleware
 from app.db import create_schema, make_engine
 from app.follower import follow_forever
 from app.pubsub import Broker
-from app.routes import api, pages
+from app.routes import api, auth, pages
 from app.scheduler import Scheduler
 from app.settings import Settings
 from app.sse import feed_forever
@@ -44,6 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(api.router)
     app.include_router(pages.router)
+    app.include_router(auth.router)
+    app.add_middleware(AuthMiddleware, settings=settings)  # a no-op unless settings.token is set
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
     return app
 

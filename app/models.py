@@ -37,6 +37,9 @@ class Run(RunBase, table=True):
     finished_at: datetime | None = None
     output_dir: str = ""
     pid: int | None = None
+    # the worker's start time (/proc/<pid>/stat): a pid the system gave to another process is not the worker
+    pid_started: int | None = None
+    queued_at: datetime | None = Field(default_factory=utcnow)  # the queue's order; a resume queues again
     slot: str | None = None  # the GPU id the worker was given, or "cpu"
     error: str | None = None  # why it failed, in words
     step: int = 0  # the last step the worker reported
@@ -63,6 +66,7 @@ class RunPublic(RunBase):
     last_checkpoint: str | None
     sample_url: str | None  # the newest sample grid
     cancel_requested: bool
+    queue_position: int | None = None  # 1 for the run that starts next; None when not queued
 
     @field_validator("created_at", "started_at", "finished_at")
     @classmethod

@@ -7,16 +7,21 @@ Functions here take a session and keyword arguments and know nothing of HTTP; th
 import re
 import shutil
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 
 from sqlmodel import Session, delete, func, select, update
 
 from app.eventlog import append_event, file_url, server_event
 from app.models import FINISHED, SQL_INT_MAX, Metric, MetricBlock, Run, RunEvent, RunPublic, RunsPage, utcnow
+from app.paths import check_client_paths, inside
 from app.workers import WORKER_LOG, stop_worker
+from trainer.events import EVENTS_FILE
 from trainer.config import ConfigError, config_to_json, validate_config
 
 NAME_MAX = 200
+RESUMABLE = ("failed", "cancelled")
+QUEUE_ORDER = (Run.queued_at, Run.id)  # first queued, first started; a resumed run queues anew
 
 
 class NotFound(LookupError):
@@ -40,12 +45,16 @@ def default_name(config) -> str:
     return f"LayerSync {pairs} λ {config.layersync_lambda:g}"
 
 
-def create_run(session: Session, *, config: object, name: str | None, runs_dir: Path) -> Run:
+def create_run(
+    session: Session, *, config: object, name: str | None, runs_dir: Path, model_roots: Sequence[Path] = ()
+) -> Run:
     """Validate ``config`` (raises trainer.config.ConfigError) and queue a run in ``runs_dir/<id>``.
 
     The output folder is always the server's, whatever ``output_dir`` the config carried: the
-    server follows and serves runs from its data dir only.
+    server follows and serves runs from its data dir only. A model folder must lie in ``model_roots``
+    (none by default: the built-in models only), a checkpoint in ``runs_dir``.
     """
+    config = check_client_paths(config, model_roots=model_roots, runs_dir=runs_dir)
     validated = validate_config(config)
     name = (name or "").strip() or default_name(validated)
     if len(name) > NAME_MAX:
@@ -66,7 +75,8 @@ def list_runs(session: Session, *, limit: int = 50, offset: int = 0, status: str
     if status is not None:
         query, count = query.where(Run.status == status), count.where(Run.status == status)
     runs = session.exec(query.order_by(Run.id.desc()).offset(offset).limit(limit))
-    return RunsPage(runs=[to_public(run) for run in runs], total=session.exec(count).one(), limit=limit, offset=offset)
+    positions = queue_positions(session)
+    return RunsPage(runs=[to_public(run, positions) for run in runs], total=session.exec(count).one(), limit=limit, offset=offset)
 
 
 def get_run(session: Session, *, run_id: int) -> Run:
@@ -76,8 +86,18 @@ def get_run(session: Session, *, run_id: int) -> Run:
     return run
 
 
-def to_public(run: Run) -> RunPublic:
+def queue_positions(session: Session) -> dict[int, int]:
+    """Each queued run's place in the queue, 1 for the run that starts next (the scheduler's order)."""
+    queued = session.exec(select(Run.id).where(Run.status == "queued").order_by(*QUEUE_ORDER))
+    return {run_id: position for position, run_id in enumerate(queued, start=1)}
+
+
+def to_public(run: Run, positions: dict[int, int] | None = None) -> RunPublic:
+    """The run as the API shows it; ``positions`` (from queue_positions) is looked up when not given."""
+    if positions is None and run.status == "queued":
+        positions = queue_positions(Session.object_session(run))
     return RunPublic.model_validate(run, update={
+        "queue_position": (positions or {}).get(run.id),
         "url": f"/api/runs/{run.id}",
         "max_train_steps": run.config.get("max_train_steps", 0),
         "sample_url": latest_sample_url(run),
@@ -101,8 +121,45 @@ def cancel_run(session: Session, *, run_id: int) -> Run:
     session.commit()
     session.refresh(run)
     if run.status == "running" and run.pid is not None:
-        stop_worker(run.pid)
+        stop_worker(run.pid, run.pid_started)
     return run
+
+
+def resume_run(session: Session, *, run_id: int) -> Run:
+    """Queue a failed or cancelled run again, to continue from its latest checkpoint in its own
+    folder (from step 0 when it has none); the steps it repeats overwrite their points."""
+    run = get_run(session, run_id=run_id)
+    if run.status not in RESUMABLE:
+        hint = "start a new run from its config instead" if run.status == "completed" else "wait until it has ended"
+        raise RunStateError(f"run {run_id} is {run.status}: only a failed or cancelled run can be resumed; {hint}")
+    config = {**run.config, "resume_from_checkpoint": "latest"}
+    resumed = session.exec(
+        update(Run).where(Run.id == run_id, Run.status == run.status).values(
+            status="queued", queued_at=utcnow(), finished_at=None, error=None, pid=None, pid_started=None,
+            slot=None, cancel_requested=False, config=config,
+        )
+    ).rowcount
+    if not resumed:  # resumed or deleted by another request meanwhile
+        session.rollback()
+        raise RunStateError(f"run {run_id} changed while it was being resumed: reload it and try again")
+    _end_partial_line(Path(run.output_dir) / EVENTS_FILE)  # before the commit: the scheduler may start it at once
+    where = run.last_checkpoint or "step 0: it has no checkpoint"
+    message = f"resumed: queued to continue from {where}"
+    append_event(session, run_id=run_id, event=server_event("status", status="queued", message=message))
+    session.commit()
+    session.refresh(run)
+    return run
+
+
+def _end_partial_line(events_file: Path) -> None:
+    """A worker killed mid-write leaves half a line: end it, so the next worker's first event is
+    not glued to it (the follower skips the half line with a warning)."""
+    try:
+        with open(events_file, "rb+") as file:
+            if file.seek(0, 2) and (file.seek(-1, 2), file.read(1))[1] != b"\n":
+                file.write(b"\n")
+    except FileNotFoundError:
+        pass
 
 
 def delete_run(session: Session, *, run_id: int) -> None:
@@ -146,9 +203,12 @@ def latest_sample_url(run: Run | RunPublic) -> str | None:
 
 
 def run_file(run: Run, path: str) -> Path:
-    """A file inside the run's folder, refusing paths that climb out of it."""
-    root = Path(run.output_dir).resolve()
-    target = (root / path).resolve()
-    if not target.is_relative_to(root) or not target.is_file():
+    """A file inside the run's folder, refusing paths that climb out of it (``..``, absolute paths,
+    symlinks pointing outward): 404 either way, so nothing outside is revealed."""
+    target = inside(Path(run.output_dir), path)
+    if target is None:
+        raise NotFound(f"run {run.id} has no file {path!r}: that path leads out of the run's folder; ask for a "
+                       "path relative to it, e.g. samples/step_0000100.png")
+    if not target.is_file():
         raise NotFound(f"run {run.id} has no file {path!r}: sample paths come from the run's sample events")
     return target

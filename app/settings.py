@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +21,21 @@ class Settings(BaseSettings):
         default_factory=lambda: [sys.executable, "-m", "trainer"],
         description="Command that starts a worker; --config, --output-dir and --no-progress are appended.",
     )
+    # repr=False: the token must not end up in a log line or a traceback that prints the settings
+    token: str | None = Field(
+        None, repr=False, description="When set, every page needs a login and every /api route (but /api/health) "
+        "Authorization: Bearer <token>; empty: no login (fine on 127.0.0.1 only).",
+    )
+    model_roots: list[Path] = Field(
+        default_factory=list, description="Folders whose models a run submitted from the web may use, a JSON list, "
+        "e.g. '[\"/models\"]'; empty: the built-in models only. The CLI is not restricted.",
+    )
+
+    @field_validator("token")
+    @classmethod
+    def _empty_token_is_none(cls, token: str | None) -> str | None:
+        # LAYERSYNC_TOKEN= (set but empty) must not turn on a login nobody can pass
+        return token or None
 
     @property
     def runs_dir(self) -> Path:

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import NamedTuple
 
 import trainer
 
@@ -18,6 +19,8 @@ CONFIG_FILE = "config.json"
 TRAINER_ROOT = str(Path(trainer.__file__).resolve().parent.parent)
 # workers this process started, by pid: polling them reaps them (a zombie would look alive)
 _children: dict[int, subprocess.Popen] = {}
+_exit_codes: dict[int, int] = {}  # how reaped workers ended, until the scheduler asks
+HAS_PROC = os.path.exists("/proc/self/stat")
 
 
 def detect_gpus() -> list[str]:
@@ -40,12 +43,23 @@ def slot_devices(worker_slots: int | None, gpus: str | None) -> list[str]:
     return [devices[index % len(devices)] for index in range(count)]
 
 
-def launch(command: list[str], *, config: dict, output_dir: str | Path, device: str) -> int:
-    """Write ``output_dir/config.json`` and start the worker on ``device``; returns its pid."""
+class Worker(NamedTuple):
+    pid: int
+    started: int | None  # start time in clock ticks after boot; None where there is no /proc
+
+
+def write_config(output_dir: str | Path, config: dict) -> Path:
+    """Write ``output_dir/config.json`` (raises OSError when the folder cannot be written)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     config_path = output_dir / CONFIG_FILE
     config_path.write_text(json.dumps(config, indent=2))
+    return config_path
+
+
+def launch(command: list[str], *, config_path: Path, device: str) -> Worker:
+    """Start the worker on ``device`` for the run whose config is ``config_path``."""
+    output_dir = config_path.parent
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [TRAINER_ROOT, env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"  # the log tail shows what the worker printed, as it printed it
@@ -57,18 +71,37 @@ def launch(command: list[str], *, config: dict, output_dir: str | Path, device: 
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
     _children[process.pid] = process
-    return process.pid
+    stat = _proc_stat(process.pid)
+    return Worker(process.pid, stat[1] if stat else None)
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether the worker lives: polled when this process started it, else probed with signal 0
-    (a worker adopted from an earlier server)."""
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time) from /proc/<pid>/stat; None when there is no such process or no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            stat = file.read()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: count fields after its last ")"
+    fields = stat[stat.rfind(b")") + 2:].split()
+    return fields[0].decode(), int(fields[19])  # fields 3 (state) and 22 (starttime)
+
+
+def pid_alive(pid: int, started: int | None = None) -> bool:
+    """Whether the worker lives: polled when this process started it; else (a worker adopted from an
+    earlier server) looked up in /proc, where a zombie is dead and a process whose start time is not
+    ``started`` took over the pid of a worker that is gone."""
     child = _children.get(pid)
     if child is not None:
-        if child.poll() is None:
+        code = child.poll()
+        if code is None:
             return True
-        del _children[pid]
+        _exit_codes[pid] = code
+        _children.pop(pid, None)
         return False
+    if HAS_PROC:
+        stat = _proc_stat(pid)
+        return stat is not None and stat[0] != "Z" and (started is None or stat[1] == started)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -78,9 +111,17 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def stop_worker(pid: int) -> None:
-    """SIGTERM to the worker's process group: it finishes the step, checkpoints and ends ``cancelled``."""
+def exit_code(pid: int) -> int | None:
+    """How a worker this process started ended (negative: the signal that killed it); None when unknown."""
+    return _exit_codes.pop(pid, None)
+
+
+def stop_worker(pid: int, started: int | None = None, sig: int = signal.SIGTERM) -> None:
+    """Signal the worker's process group: SIGTERM makes it finish the step, checkpoint and end
+    ``cancelled``; SIGKILL ends it at once. Nothing is sent once the pid is no longer the worker's."""
+    if not pid_alive(pid, started):
+        return
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass  # already gone: the scheduler records how it ended

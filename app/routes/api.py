@@ -6,13 +6,13 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 from sqlmodel import func, select
 
-from app import metrics, runs, schema, sse
+from app import errors, metrics, runs, schema, sse
 from app.db import SessionDep
 from app.eventlog import last_seq
 from app.models import RUN_STATUSES, SQL_INT_MAX, Run, RunPublic, RunsPage
 from app.runs import NAME_MAX
 
-router = APIRouter(prefix="/api", tags=["api"])
+router = APIRouter(prefix="/api", tags=["api"], responses=errors.INVALID)
 
 SNIPPET = {"layersync_enabled": True, "layersync_student_block": 8, "layersync_teacher_block": 16, "layersync_lambda": 0.2}
 ConfigBody = Annotated[
@@ -31,6 +31,7 @@ def run_or_404(run_id: int, session: SessionDep) -> Run:
 RunDep = Annotated[Run, Depends(run_or_404)]
 
 
+# open without a token (app.auth.OPEN_PATHS): the Docker healthcheck probes it
 @router.get("/health")
 def health(request: Request, session: SessionDep) -> dict:
     """Whether the server and its database answer, with the worker slots and how many runs wait or train."""
@@ -57,7 +58,8 @@ def create_run(
     name: Annotated[str | None, Query(max_length=NAME_MAX, description="Run name; default: its LayerSync setting.")] = None,
 ) -> RunPublic:
     """Validate a config and queue a run (422 with one message per bad key)."""
-    run = runs.create_run(session, config=config, name=name, runs_dir=request.app.state.settings.runs_dir)
+    settings = request.app.state.settings
+    run = runs.create_run(session, config=config, name=name, runs_dir=settings.runs_dir, model_roots=settings.model_roots)
     response.headers["Location"] = f"/api/runs/{run.id}"
     return runs.to_public(run)
 
@@ -73,13 +75,13 @@ def list_runs(
     return runs.list_runs(session, limit=limit, offset=offset, status=status)
 
 
-@router.get("/runs/{run_id}")
+@router.get("/runs/{run_id}", responses=errors.RUN_ERRORS)
 def get_run(run: RunDep) -> RunPublic:
     """One run: status, config, last metrics, failure reason."""
     return runs.to_public(run)
 
 
-@router.get("/runs/{run_id}/metrics")
+@router.get("/runs/{run_id}/metrics", responses=errors.RUN_ERRORS)
 def get_metrics(
     run: RunDep, session: SessionDep,
     names: Annotated[str | None, Query(description="Comma-separated series, e.g. loss,diffusion_loss; default: all.")] = None,
@@ -94,7 +96,8 @@ def get_metrics(
     return {"run_id": run.id, "last_event_id": last_event_id, "series": series}
 
 
-@router.get("/runs/{run_id}/events", response_class=Response, responses={200: {"content": {"text/event-stream": {}}}})
+@router.get("/runs/{run_id}/events", response_class=Response,
+            responses={200: {"content": {"text/event-stream": {}}}, 204: {"description": "The run has ended and nothing is left to send"}, **errors.RUN_ERRORS})
 async def run_events(
     run_id: int, request: Request,
     since: Annotated[int | None, Query(ge=0, le=SQL_INT_MAX, description="Replay events after this id.")] = None,
@@ -106,25 +109,31 @@ async def run_events(
     return await sse.open_stream(state.engine, state.broker, run_id, after)
 
 
-@router.get("/runs/{run_id}/log")
+@router.get("/runs/{run_id}/log", responses=errors.RUN_ERRORS)
 def get_log(run: RunDep, lines: Annotated[int, Query(ge=1, le=10_000)] = 200) -> dict:
     """The last lines the worker printed."""
     return {"run_id": run.id, "lines": runs.log_tail(run.output_dir, lines)}
 
 
-@router.get("/runs/{run_id}/files/{path:path}", response_class=FileResponse)
+@router.get("/runs/{run_id}/files/{path:path}", response_class=FileResponse, responses=errors.RUN_ERRORS)
 def get_file(run: RunDep, path: str) -> FileResponse:
     """A file of the run's folder, such as a sample grid (samples/step_0000100.png)."""
     return FileResponse(runs.run_file(run, path))
 
 
-@router.post("/runs/{run_id}/cancel")
+@router.post("/runs/{run_id}/cancel", responses=errors.RUN_ERRORS)
 def cancel_run(run_id: int, session: SessionDep) -> RunPublic:
     """Cancel a queued run at once, or ask a running one to stop (it checkpoints, then ends cancelled)."""
     return runs.to_public(runs.cancel_run(session, run_id=run_id))
 
 
-@router.delete("/runs/{run_id}", status_code=204)
+@router.post("/runs/{run_id}/resume", responses=errors.RUN_ERRORS)
+def resume_run(run_id: int, session: SessionDep) -> RunPublic:
+    """Queue a failed or cancelled run again: it continues from its latest checkpoint, in the same run."""
+    return runs.to_public(runs.resume_run(session, run_id=run_id))
+
+
+@router.delete("/runs/{run_id}", status_code=204, responses=errors.RUN_ERRORS)
 def delete_run(run_id: int, session: SessionDep) -> None:
     """Delete a run that is not running, with its metrics and folder."""
     runs.delete_run(session, run_id=run_id)

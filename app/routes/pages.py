@@ -18,7 +18,10 @@ from app.db import SessionDep
 from app.eventlog import last_seq
 from app.forms import FORM_FIELDS, SECTIONS, config_to_values, default_values, form_to_config, form_values, layersync_is_noop
 from app.models import FINISHED, RUN_STATUSES
-from app.runs import RunNotFound, RunStateError, cancel_run, create_run, get_run, latest_sample_url, list_runs, log_tail
+from app.runs import (
+    RESUMABLE, RunNotFound, RunStateError, cancel_run, create_run, get_run, latest_sample_url, list_runs, log_tail,
+    resume_run,
+)
 from trainer.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,7 +54,7 @@ templates.env.filters.update(
     when=lambda value: _utc(value).strftime("%Y-%m-%d %H:%M UTC") if value else "",
     iso=lambda value: _utc(value).isoformat() if value else "",
 )
-templates.env.globals.update(known_statuses=RUN_STATUSES, live_statuses=LIVE)
+templates.env.globals.update(known_statuses=RUN_STATUSES, live_statuses=LIVE, resumable_statuses=RESUMABLE)
 
 router = APIRouter(include_in_schema=False)
 
@@ -125,7 +128,8 @@ async def new_run_submit(request: Request, session: SessionDep):
     try:
         # in a thread: a write may wait for SQLite's lock, and the event loop serves live streams
         run = await run_in_threadpool(
-            create_run, session, config=config, name=name, runs_dir=request.app.state.settings.runs_dir
+            create_run, session, config=config, name=name, runs_dir=request.app.state.settings.runs_dir,
+            model_roots=request.app.state.settings.model_roots,
         )
     except ConfigError as exc:
         for key, message in exc.errors:
@@ -196,6 +200,20 @@ def run_cancel(request: Request, session: SessionDep, run_id: int):
         pass  # it ended meanwhile: the card shows how
     if _is_htmx(request):
         return _run_view(request, session, run_id, "partials/run_status.html")
+    return RedirectResponse(f"/runs/{run_id}", status_code=303)
+
+
+@router.post("/runs/{run_id}/resume", response_class=HTMLResponse)
+def run_resume(request: Request, session: SessionDep, run_id: int):
+    """Queue a failed or cancelled run again from its latest checkpoint, then show its page (live again)."""
+    try:
+        resume_run(session, run_id=run_id)
+    except RunNotFound as exc:
+        return _not_found(request, exc)
+    except RunStateError:
+        pass  # resumed meanwhile, from another tab: the page shows how it stands
+    if _is_htmx(request):
+        return Response(headers={"HX-Redirect": f"/runs/{run_id}"})  # the page, not the card: its stream reopens
     return RedirectResponse(f"/runs/{run_id}", status_code=303)
 
 

@@ -2,7 +2,8 @@
 
 Behaviour by FAKE_WORKER_MODE: "complete" (default) trains max_train_steps fake steps and ends;
 "crash" writes a metric, prints a message and exits 1 without an end event; "wait" trains
-until SIGTERM (30 s at most), then ends cancelled with exit code 130, as the trainer does.
+until SIGTERM (30 s at most), then ends cancelled with exit code 130, as the trainer does;
+"stubborn" trains as "wait" but ignores SIGTERM (a worker stuck in a step).
 """
 
 import argparse
@@ -24,7 +25,7 @@ def main() -> int:
     config = json.loads(open(args.config).read())
     mode = os.environ.get("FAKE_WORKER_MODE", "complete")
     stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "stubborn" else lambda *_: stop.append(True))
     events = EventWriter(args.output_dir)
     events.emit("status", status="starting")
     events.emit("status", status="running", step=0, max_train_steps=config["max_train_steps"])
@@ -34,7 +35,7 @@ def main() -> int:
         print("boom: the fake worker crashed on purpose", file=sys.stderr, flush=True)
         return 1
     step, deadline = 0, time.monotonic() + 30  # "wait" gives up by itself if a failed test never cancels it
-    while (mode == "wait" and time.monotonic() < deadline) or step < config["max_train_steps"]:
+    while (mode in ("wait", "stubborn") and time.monotonic() < deadline) or step < config["max_train_steps"]:
         if stop:
             events.emit("end", status="cancelled", step=step)
             return 130

@@ -5,6 +5,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
+from app import scheduler
 from app.main import create_app
 from app.workers import pid_alive, slot_devices
 from tests.utils.factories import SEED_SNIPPET, fast_config
@@ -39,7 +40,7 @@ def test_a_worker_that_dies_without_an_end_fails_the_run_with_its_last_output(on
         failed = wait_for(client, run["id"])
         end = client.get(f"{run['url']}/events").text
     assert failed["status"] == "failed" and failed["last_metrics"] == {"loss": 1.0, "diffusion_loss": 1.0}
-    assert failed["error"].startswith("the worker exited without ending the run; its last output:")
+    assert failed["error"].startswith("the worker exited with code 1 without ending the run; its last output:")
     assert "boom: the fake worker crashed on purpose" in failed["error"]
     assert "event: end" in end and "boom" in end
 
@@ -61,6 +62,20 @@ def test_cancel_stops_a_running_worker_which_ends_the_run_cancelled(one_slot, mo
         answer = client.post(f"{run['url']}/cancel").json()
         assert answer["cancel_requested"] and answer["status"] == "running"
         assert wait_for(client, run["id"])["status"] == "cancelled"
+    assert not pid_alive(pid)
+
+
+def test_a_worker_that_ignores_the_cancel_is_killed_after_the_grace_period(one_slot, monkeypatch):
+    monkeypatch.setenv("FAKE_WORKER_MODE", "stubborn")
+    monkeypatch.setattr(scheduler, "CANCEL_GRACE_SECONDS", 1.0)
+    with TestClient(create_app(one_slot)) as client:
+        run = client.post("/api/runs", json={}).json()
+        pid = wait_for_steps(client, run)["pid"]
+        client.post(f"{run['url']}/cancel")
+        time.sleep(0.6)
+        assert client.get(run["url"]).json()["status"] == "running"  # SIGTERM ignored, still within the grace
+        done = wait_for(client, run["id"], timeout=5)
+    assert done["status"] == "cancelled" and "killed (SIGKILL)" in done["error"], done
     assert not pid_alive(pid)
 
 
@@ -97,7 +112,8 @@ def test_slots_without_gpus_are_one_cpu_slot(monkeypatch):
 
 @pytest.mark.slow
 def test_the_real_trainer_runs_a_layersync_run_end_to_end(tmp_path, tiny_model_dir):
-    settings = app_settings(tmp_path / "data", worker_slots=1, worker_command=[sys.executable, "-m", "trainer"])
+    settings = app_settings(tmp_path / "data", worker_slots=1, worker_command=[sys.executable, "-m", "trainer"],
+                            model_roots=[tiny_model_dir])  # the web app may use no other model folder
     config = fast_config(tiny_model_dir, "ignored", max_train_steps=2, logging_steps=1, validation_steps=2,
                          checkpointing_steps=0)
     with TestClient(create_app(settings)) as client:

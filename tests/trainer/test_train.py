@@ -70,7 +70,9 @@ def test_a_larger_weight_pulls_the_student_closer_to_the_teacher(tmp_path, tiny_
 def test_the_same_seed_gives_the_same_run(tmp_path, tiny_model_dir):
     _, first, _ = run(tmp_path, tiny_model_dir, "a", validation_steps=0)
     _, second, _ = run(tmp_path, tiny_model_dir, "b", validation_steps=0)
-    assert losses(first) == losses(second)
+    # equal up to float rounding: the BLAS may split a product differently when the machine is busy
+    assert losses(first) == pytest.approx(losses(second), rel=1e-5)
+    assert losses(first) != losses(run(tmp_path, tiny_model_dir, "c", validation_steps=0, seed=1)[1])
 
 
 def test_resume_continues_at_the_right_step_with_the_same_losses(tmp_path, tiny_model_dir):
@@ -84,7 +86,7 @@ def test_resume_continues_at_the_right_step_with_the_same_losses(tmp_path, tiny_
     after = [e for e in events[resumed_at:] if e["event"] == "metric" and "loss" in e]
     assert after[0]["step"] == 8
     assert any("resumed from" in e.get("message", "") and "at step 6" in e["message"] for e in events[resumed_at:])
-    assert losses(events) == pytest.approx(losses(whole), rel=1e-6)
+    assert losses(events) == pytest.approx(losses(whole), rel=1e-5)
 
 
 def test_an_existing_run_is_never_overwritten(tmp_path, tiny_model_dir):
