@@ -21,7 +21,7 @@ def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("_")[1]))
 
 
-def save_checkpoint(output_dir, step, model, optimizer, config: dict, ema=None, total_limit=None) -> Path:
+def save_checkpoint(output_dir, step, model, optimizer, config: dict, ema=None, scaler=None, total_limit=None) -> Path:
     """Write to a temporary folder, then rename: a crash mid-write never leaves a half checkpoint."""
     root = Path(output_dir) / CHECKPOINTS
     final = root / f"step_{step:07d}"
@@ -32,6 +32,8 @@ def save_checkpoint(output_dir, step, model, optimizer, config: dict, ema=None, 
     if ema is not None:
         save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, tmp / "ema.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if scaler is not None and scaler.is_enabled():  # fp16: the loss scale is part of the training state
+        torch.save(scaler.state_dict(), tmp / "scaler.pt")
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     (tmp / "state.json").write_text(json.dumps({"step": step}))
     shutil.rmtree(final, ignore_errors=True)
@@ -54,8 +56,8 @@ def find_checkpoint(output_dir, which: str) -> Path | None:
     return path
 
 
-def load_checkpoint(path: Path, model, optimizer, ema=None) -> int:
-    """Restore weights, optimizer and EMA in place; return the step the checkpoint was taken at."""
+def load_checkpoint(path: Path, model, optimizer, ema=None, scaler=None) -> int:
+    """Restore weights, optimizer, EMA and loss scale in place; return the step the checkpoint was taken at."""
     weights = load_file(path / "transformer" / "diffusion_pytorch_model.safetensors", device=str(next(model.parameters()).device))
     model.load_state_dict(weights)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=next(model.parameters()).device, weights_only=True))
@@ -65,4 +67,6 @@ def load_checkpoint(path: Path, model, optimizer, ema=None) -> int:
             ema.load_state_dict(load_file(ema_file, device=str(next(model.parameters()).device)))
         else:
             ema.copy_from(model)
+    if scaler is not None and scaler.is_enabled() and (path / "scaler.pt").is_file():
+        scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
     return json.loads((path / "state.json").read_text())["step"]

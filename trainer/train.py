@@ -1,6 +1,7 @@
 """The training loop: flow matching with LayerSync, in one function that reads top to bottom."""
 
 import math
+import os
 import signal
 import time
 import traceback
@@ -23,7 +24,10 @@ EXIT_COMPLETED, EXIT_FAILED, EXIT_CONFIG, EXIT_CANCELLED = 0, 1, 2, 130
 
 
 class StopRequest:
-    """SIGTERM / SIGINT ask the loop to stop after the current step (then it checkpoints)."""
+    """SIGTERM / SIGINT ask the loop to stop after the current step (then it checkpoints).
+
+    A repeated SIGTERM (a retried cancel, a launcher forwarding it) changes nothing; a second
+    Ctrl-C is a person who wants out now, checkpoint or not."""
 
     def __init__(self):
         self.requested = False
@@ -38,7 +42,7 @@ class StopRequest:
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:  # asked twice: the user wants out now, checkpoint or not
+        if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
 
@@ -119,6 +123,12 @@ def train(config: TrainConfig, output_dir: str | Path, progress: bool = False, e
 def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: StopRequest, progress: bool):
     # ---- set up -----------------------------------------------------------------------------
     events.emit("status", status="starting")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:  # every rank would train its own copy and write the same events and checkpoints
+        raise ConfigError([("", (
+            f"launched as {world_size} processes (WORLD_SIZE={world_size}), but this trainer runs one process per "
+            "run: start it without torchrun / accelerate launch (one GPU per run; the server gives each run its own)"
+        ))])
     for notice in config.notices():
         events.log(notice, level="warning")
     device = pick_device()
@@ -172,7 +182,7 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
         fused=device.type == "cuda",
     )
     ema = EMA(model, config.ema_decay) if config.use_ema else None
-    start_step = load_checkpoint(resume_from, model, optimizer, ema) if resume_from else 0
+    start_step = load_checkpoint(resume_from, model, optimizer, ema, scaler) if resume_from else 0
     if resume_from:
         events.log(f"resumed from {resume_from} at step {start_step}")
     run_config = config_to_json(config)
@@ -280,7 +290,7 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
 
         # checkpoint (a cancel also checkpoints, so nothing trained is lost)
         if (config.checkpointing_steps and step % config.checkpointing_steps == 0) or step == config.max_train_steps or stop.requested:
-            path = save_checkpoint(output_dir, step, model, optimizer, run_config, ema, config.checkpoints_total_limit)
+            path = save_checkpoint(output_dir, step, model, optimizer, run_config, ema, scaler, config.checkpoints_total_limit)
             last_checkpoint = step
             events.emit("checkpoint", step=step, path=str(path.relative_to(output_dir)))
         interval_paused += time.perf_counter() - paused_at
@@ -291,7 +301,7 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
         capture.remove()
     if stop.requested and step < config.max_train_steps:
         if last_checkpoint != step:
-            path = save_checkpoint(output_dir, step, model, optimizer, run_config, ema, config.checkpoints_total_limit)
+            path = save_checkpoint(output_dir, step, model, optimizer, run_config, ema, scaler, config.checkpoints_total_limit)
             events.emit("checkpoint", step=step, path=str(path.relative_to(output_dir)))
         events.log(f"stopped on request after step {step}; resume with resume_from_checkpoint='latest'")
         return "cancelled", step

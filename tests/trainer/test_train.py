@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.utils.factories import fast_config, write_config
 from trainer.capture import Block
@@ -156,12 +157,35 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_and_cancelled(tmp_path, 
     assert json.loads((out / checkpoint["path"] / "state.json").read_text()) == {"step": end["step"]}
 
 
-def test_a_second_interrupt_stops_at_once():
+def test_a_second_ctrl_c_stops_at_once_but_a_repeated_sigterm_does_not():
     from trainer.train import StopRequest
 
     with StopRequest() as stop:
         os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # a retried cancel: still a clean stop after the step
         assert stop.requested
         with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_multi_process_launch_is_refused_before_training(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, events, out = run(tmp_path, tiny_model_dir)
+    assert code == 2
+    assert "WORLD_SIZE=2" in events[-1]["reason"] and not (out / "checkpoints").exists()
+
+
+def test_the_fp16_loss_scale_is_checkpointed_and_restored(tmp_path):
+    from trainer.checkpoint import load_checkpoint, save_checkpoint
+    from trainer.models.demo_dit import DemoDiT
+
+    model = DemoDiT(hidden_size=32, num_layers=2, num_attention_heads=2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(torch.ones(()))  # the scale exists once a loss has been scaled
+    scaler.update(new_scale=77.0)
+    path = save_checkpoint(tmp_path, 3, model, optimizer, {}, scaler=scaler)
+    fresh = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    assert load_checkpoint(path, model, optimizer, scaler=fresh) == 3
+    assert fresh.get_scale() == 77.0
