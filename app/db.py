@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import event, inspect, text
+from sqlalchemy import event, inspect, make_url, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -13,10 +13,16 @@ from app import models  # noqa: F401 - registers the tables on SQLModel.metadata
 
 
 def make_engine(url: str) -> Engine:
-    """An engine whose SQLite connections wait for each other instead of failing with 'locked'."""
+    """An engine whose SQLite connections wait for each other instead of failing with 'locked'.
+    Raises ValueError for an in-memory SQLite database."""
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True)
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+    if _in_memory(url):
+        # each pooled connection would get a database of its own, and every run would be gone at exit
+        raise ValueError(f"the database URL {url} is an in-memory SQLite database, which does not outlive the "
+                         "server: set LAYERSYNC_DATABASE_URL to a file, e.g. sqlite:////data/layersync.db, or leave it "
+                         "empty for DATA_DIR/layersync.db")
+    if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     # routes run in a thread pool and every SSE replay takes a connection: a pool of 5 is too few
     engine = create_engine(url, connect_args={"check_same_thread": False}, pool_size=20, max_overflow=40)
@@ -32,6 +38,14 @@ def make_engine(url: str) -> Engine:
         cursor.close()
 
     return engine
+
+
+def _in_memory(url: str) -> bool:
+    """sqlite://, sqlite:///:memory: and SQLite URI file names with mode=memory (file::memory:, …)."""
+    parsed = make_url(url)
+    database = parsed.database or ""
+    memory_uri = database.startswith("file::memory:") or "mode=memory" in database or parsed.query.get("mode") == "memory"
+    return database in ("", ":memory:") or memory_uri
 
 
 def create_schema(engine: Engine) -> None:

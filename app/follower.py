@@ -27,16 +27,25 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.1
 CHUNK_BYTES = 4 << 20  # a long backlog (a restart after hours) is stored a chunk per transaction
 NOT_SERIES = ("event", "time", "step")
+# a bound on one call's passes: each pass stores a chunk or finds another reader stored one (offsets
+# only grow, so it ends), but a file a worker appends faster than we read must not hold the caller forever
+MAX_PASSES = 10_000
 
 
 def follow_run(engine: Engine, run_id: int) -> int:
-    """Store the complete lines appended to the run's events file since the last call; returns how many."""
+    """Store the complete lines appended to the run's events file since the last call; returns how many.
+
+    Reads until the end of the file, also when another reader took a chunk first: the scheduler
+    relies on it to have stored a dead worker's last events (its ``end``) before it fails the run.
+    """
     stored = 0
-    while True:
+    for _ in range(MAX_PASSES):
         count, more = _follow_chunk(engine, run_id)
         stored += count
         if not more:
             return stored
+    log.warning("run %s: %s still not read to its end after %d passes; the next pass goes on", run_id, EVENTS_FILE, MAX_PASSES)
+    return stored
 
 
 def _follow_chunk(engine: Engine, run_id: int) -> tuple[int, bool]:
@@ -63,9 +72,9 @@ def _follow_chunk(engine: Engine, run_id: int) -> tuple[int, bool]:
         claimed = session.exec(
             update(Run).where(Run.id == run_id, Run.events_offset == offset).values(events_offset=offset + end)
         ).rowcount
-        if not claimed:
+        if not claimed:  # another reader stored these bytes (and maybe more): read on from where it stopped
             session.rollback()
-            return 0, False
+            return 0, True
         _store(session, run_id, events)
         session.commit()
         return len(events), len(chunk) == CHUNK_BYTES  # a full chunk: the file may hold more

@@ -77,7 +77,9 @@ def _series(session: Session, run_id: int, name: str, first: int, max_points: in
     if len(head) + point_count <= max_points:
         points = _points(session, run_id, name, first)
         return {"steps": [p[0] for p in points], "values": [p[1] for p in points]}
-    buckets = max_points // 2 - (1 if head else 0)  # the head (before the first whole block) is a bucket of its own
+    # the head (before the first whole block) is a bucket of its own; at least one bucket is left for
+    # the rest, so max_points 2 or 3 with a head may give 4 points rather than none
+    buckets = max(1, max_points // 2 - (1 if head else 0))
     if block_count < buckets:  # too few blocks to fill the buckets: bucket the raw points (< BLOCK_STEPS * buckets)
         points = _points(session, run_id, name, first)
         span = points[-1][0] - points[0][0] + 1
@@ -88,6 +90,8 @@ def _series(session: Session, run_id: int, name: str, first: int, max_points: in
         .where(MetricBlock.run_id == run_id, MetricBlock.name == name, MetricBlock.block >= first_block)
         .order_by(MetricBlock.block)
     ).all()
+    if not rows:  # the summaries changed since they were counted (a deleted run): the head is all there is
+        return _downsample(head, origin=first, width=max(1, len(head)))
     # whole blocks per bucket, so a bucket's extremes are exactly its blocks' extremes
     blocks_per_bucket = -(-(rows[-1][2] // BLOCK_STEPS - first_block + 1) // buckets)
     candidates = head + [(min_step, min_value) for min_step, min_value, _, _ in rows]

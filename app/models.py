@@ -110,7 +110,9 @@ class MetricBlock(SQLModel, table=True):
 class RunEvent(SQLModel, table=True):
     """Every event of a run, in order; ``seq`` is the SSE ``id:`` and ``data`` the JSON sent as is."""
 
-    __table_args__ = (Index("ix_runevent_run_seq", "run_id", "seq"),)
+    # AUTOINCREMENT: a deleted run's last seq is never given out again, or a live stream (which sends
+    # seq > the last it sent) would skip the next events
+    __table_args__ = (Index("ix_runevent_run_seq", "run_id", "seq"), {"sqlite_autoincrement": True})
     seq: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id")
     kind: str

@@ -79,8 +79,13 @@ def list_runs(session: Session, *, limit: int = 50, offset: int = 0, status: str
     return RunsPage(runs=[to_public(run, positions) for run in runs], total=session.exec(count).one(), limit=limit, offset=offset)
 
 
+def run_id_in_range(run_id: int) -> bool:
+    """Whether ``run_id`` can be a run's id: SQLite refuses to look up an integer beyond 64 bits (OverflowError)."""
+    return 0 < run_id <= SQL_INT_MAX
+
+
 def get_run(session: Session, *, run_id: int) -> Run:
-    run = session.get(Run, run_id) if 0 < run_id <= SQL_INT_MAX else None  # SQLite refuses to look further
+    run = session.get(Run, run_id) if run_id_in_range(run_id) else None
     if run is None:
         raise RunNotFound(run_id)
     return run
@@ -106,33 +111,43 @@ def to_public(run: Run, positions: dict[int, int] | None = None) -> RunPublic:
 
 def cancel_run(session: Session, *, run_id: int) -> Run:
     """A queued run is cancelled at once; a running one is asked to stop (SIGTERM to its process
-    group: the worker checkpoints and ends the run ``cancelled``)."""
+    group: the worker checkpoints and ends the run ``cancelled``). Asked once only: a second SIGTERM
+    would cut the worker's final checkpoint short, so a second cancel raises RunStateError."""
     run = get_run(session, run_id=run_id)
     if run.status in FINISHED:
         raise RunStateError(f"run {run_id} already ended ({run.status}): there is nothing to cancel")
-    # conditional updates: the scheduler may start this run at the same moment
+    # conditional updates: the scheduler may start this run at the same moment, another request cancel it
     cancelled = session.exec(
         update(Run).where(Run.id == run_id, Run.status == "queued").values(status="cancelled", finished_at=utcnow())
     ).rowcount
     if cancelled:
         append_event(session, run_id=run_id, event=server_event("end", status="cancelled", reason="cancelled before it started"))
     else:
-        session.exec(update(Run).where(Run.id == run_id).values(cancel_requested=True))
+        asked = session.exec(
+            update(Run).where(Run.id == run_id, Run.cancel_requested == False).values(cancel_requested=True)  # noqa: E712
+        ).rowcount
+        if not asked:
+            session.rollback()
+            raise RunStateError(
+                f"run {run_id}: a cancel was already requested: the worker is finishing its step and writing a "
+                "checkpoint (it is killed if it takes too long); wait until the run ends cancelled"
+            )
     session.commit()
     session.refresh(run)
-    if run.status == "running" and run.pid is not None:
+    if run.status == "running" and run.pid is not None:  # only the request that set cancel_requested gets here
         stop_worker(run.pid, run.pid_started)
     return run
 
 
 def resume_run(session: Session, *, run_id: int) -> Run:
     """Queue a failed or cancelled run again, to continue from its latest checkpoint in its own
-    folder (from step 0 when it has none); the steps it repeats overwrite their points."""
+    folder; one that has none starts again as it first did (from the checkpoint its config names,
+    or from step 0). The steps it repeats overwrite their points."""
     run = get_run(session, run_id=run_id)
     if run.status not in RESUMABLE:
         hint = "start a new run from its config instead" if run.status == "completed" else "wait until it has ended"
         raise RunStateError(f"run {run_id} is {run.status}: only a failed or cancelled run can be resumed; {hint}")
-    config = {**run.config, "resume_from_checkpoint": "latest"}
+    config = {**run.config, "resume_from_checkpoint": "latest"} if has_own_checkpoint(run) else run.config
     resumed = session.exec(
         update(Run).where(Run.id == run_id, Run.status == run.status).values(
             status="queued", queued_at=utcnow(), finished_at=None, error=None, pid=None, pid_started=None,
@@ -143,12 +158,28 @@ def resume_run(session: Session, *, run_id: int) -> Run:
         session.rollback()
         raise RunStateError(f"run {run_id} changed while it was being resumed: reload it and try again")
     _end_partial_line(Path(run.output_dir) / EVENTS_FILE)  # before the commit: the scheduler may start it at once
-    where = run.last_checkpoint or "step 0: it has no checkpoint"
+    where = run.last_checkpoint or _start_point(run.config)
     message = f"resumed: queued to continue from {where}"
     append_event(session, run_id=run_id, event=server_event("status", status="queued", message=message))
     session.commit()
     session.refresh(run)
     return run
+
+
+def has_own_checkpoint(run: Run) -> bool:
+    """Whether the run saved a checkpoint in its own folder: what ``resume_from_checkpoint: latest`` finds
+    (trainer.checkpoint.checkpoint_dirs; not imported, it would load torch into the server)."""
+    folder = Path(run.output_dir) / "checkpoints" if run.output_dir else None
+    complete = folder is not None and any((path / "state.json").is_file() for path in folder.glob("step_*"))
+    return bool(run.last_checkpoint) or complete
+
+
+def _start_point(config: dict) -> str:
+    """Where a run without checkpoints of its own starts again: the checkpoint it started from, or step 0."""
+    origin = config.get("resume_from_checkpoint")
+    if origin and origin != "latest":
+        return f"the checkpoint it started from ({origin}): it has none of its own"
+    return "step 0: it has no checkpoint"
 
 
 def _end_partial_line(events_file: Path) -> None:
@@ -167,12 +198,13 @@ def delete_run(session: Session, *, run_id: int) -> None:
     run = get_run(session, run_id=run_id)
     if run.status == "running":
         raise RunStateError(f"run {run_id} is running: cancel it first (POST /api/runs/{run_id}/cancel), then delete it")
-    gone = session.exec(delete(Run).where(Run.id == run_id, Run.status != "running")).rowcount
-    if not gone:  # the scheduler started it after we looked
-        session.rollback()
-        raise RunStateError(f"run {run_id} has just started: cancel it first (POST /api/runs/{run_id}/cancel)")
+    # the rows that point at the run go first: SQLite enforces the foreign keys (PRAGMA foreign_keys=ON)
     for table in (Metric, MetricBlock, RunEvent):
         session.exec(delete(table).where(table.run_id == run_id))
+    gone = session.exec(delete(Run).where(Run.id == run_id, Run.status != "running")).rowcount
+    if not gone:  # the scheduler started it after we looked: keep its rows too
+        session.rollback()
+        raise RunStateError(f"run {run_id} has just started: cancel it first (POST /api/runs/{run_id}/cancel)")
     session.commit()
     if run.output_dir:
         shutil.rmtree(run.output_dir, ignore_errors=True)

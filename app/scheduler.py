@@ -5,7 +5,10 @@ It is also how a restarted server takes its runs back: a run still ``running`` k
 while its worker lives (the follower goes on reading its events); once the worker is gone
 without an ``end`` event, the run is ``failed`` with how it ended (its exit code or the signal
 that killed it) and its last output as the reason (``cancelled`` when a cancel had been asked for).
-A worker that a cancel's SIGTERM has not ended within CANCEL_GRACE_SECONDS is killed, group and all.
+A worker that a cancel's SIGTERM has not ended within the cancel grace (Settings.cancel_grace_seconds,
+restarted by each event it writes meanwhile, CANCEL_GRACE_LIMIT of them at most) is killed, group and all.
+A slot is free again once its run has ended and its worker has exited (EXIT_WAIT_SECONDS at most):
+a worker that wrote its end may still hold the GPU's memory until it exits.
 """
 
 import asyncio
@@ -14,23 +17,30 @@ import shutil
 import signal
 import time
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select, update
 
-from app.eventlog import append_event, server_event
+from app.eventlog import append_event, last_seq, server_event
 from app.follower import follow_run
-from app.models import Run, utcnow
+from app.models import FINISHED, Run, utcnow
 from app.runs import QUEUE_ORDER, log_tail
 from app.settings import Settings
-from app.workers import WORKER_LOG, exit_code, launch, pid_alive, slot_devices, stop_worker, write_config
+from app.workers import (
+    WORKER_LOG, exit_code, launch, pid_alive, reap_children, slot_devices, stop_worker, write_config,
+)
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.5
 REASON_LINES = 20
-CANCEL_GRACE_SECONDS = 10.0  # the trainer checkpoints within a step; past this it is stuck
+# the grace restarts while the worker writes events (it finishes its step, then checkpoints), but a
+# worker that keeps training through the SIGTERM is killed after this many graces in all
+CANCEL_GRACE_LIMIT = 6
+EXIT_WAIT_SECONDS = 30.0  # how long an ended run's slot waits for its worker to exit
 LOW_DISK_BYTES = 16 << 20  # less free space than this where a run writes: the likely cause of its end
 
 
@@ -39,11 +49,14 @@ class Scheduler:
         self.engine = engine
         self.command = settings.worker_command
         self.devices = slot_devices(settings.worker_slots, settings.gpus)
-        self._cancel_seen: dict[int, float] = {}  # run id → when this scheduler first saw its cancel
+        self.grace = settings.cancel_grace_seconds
+        self.clock = time.monotonic  # a test's clock instead
+        self._cancel_seen: dict[int, CancelSeen] = {}  # run id → how its cancel has gone so far
         self._killed: set[int] = set()  # runs whose worker was killed after the grace period
 
     def tick(self) -> bool:
-        """One pass: settle ended workers, then fill free slots. True when it added events."""
+        """One pass: reap exited workers, settle ended ones, then fill free slots. True when it added events."""
+        reap_children()
         return any([self._settle_ended_workers(), self._start_queued()])
 
     def _settle_ended_workers(self) -> bool:
@@ -63,12 +76,27 @@ class Scheduler:
         return settled
 
     def _enforce_cancel(self, run_id: int, pid: int, started: int | None) -> None:
-        """SIGKILL the worker's process group once a cancel has waited CANCEL_GRACE_SECONDS."""
-        seen = self._cancel_seen.setdefault(run_id, time.monotonic())
-        if time.monotonic() - seen >= CANCEL_GRACE_SECONDS and run_id not in self._killed:
-            log.warning("run %s: the worker did not stop within %g s of the cancel; killing it", run_id, CANCEL_GRACE_SECONDS)
+        """SIGKILL the worker's process group once a cancel has waited the grace since the cancel or
+        since the worker's last event (it is still finishing its step or writing its checkpoint),
+        and CANCEL_GRACE_LIMIT graces at most."""
+        if run_id in self._killed:
+            return
+        now = self.clock()
+        with Session(self.engine) as session:
+            seq = last_seq(session, run_id=run_id)
+        seen = self._cancel_seen.get(run_id)
+        if seen is None:
+            seen = self._cancel_seen[run_id] = CancelSeen(first=now, last_event=now, seq=seq)
+        elif seq != seen.seq:  # it wrote something since: alive and stopping
+            seen = self._cancel_seen[run_id] = seen._replace(last_event=now, seq=seq)
+        quiet, total = now - seen.last_event, now - seen.first
+        if quiet >= self.grace or total >= CANCEL_GRACE_LIMIT * self.grace:
+            log.warning("run %s: the worker did not stop within %s of the cancel; killing it", run_id, self._waited())
             stop_worker(pid, started, signal.SIGKILL)
             self._killed.add(run_id)
+
+    def _waited(self) -> str:
+        return f"{self.grace:g} s (after its last event; {CANCEL_GRACE_LIMIT * self.grace:g} s in all)"
 
     def _end_without_end_event(self, run_id: int, code: int | None) -> bool:
         with Session(self.engine) as session:
@@ -90,7 +118,7 @@ class Scheduler:
         if run.pid is None:
             return "the server stopped while starting this run's worker: resume the run"
         if run.id in self._killed:
-            return (f"cancelled: the worker did not stop within {CANCEL_GRACE_SECONDS:g} s of the cancel, so it was "
+            return (f"cancelled: the worker did not stop within {self._waited()} of the cancel, so it was "
                     "killed (SIGKILL) without a final checkpoint; resuming continues from its latest checkpoint")
         if code is not None and code < 0:
             name = signal.Signals(-code).name
@@ -108,7 +136,17 @@ class Scheduler:
 
     def _free_devices(self, session: Session) -> list[str]:
         busy = Counter(session.exec(select(Run.slot).where(Run.status == "running")))
+        busy.update(self._exiting_slots(session))
         return list((Counter(self.devices) - busy).elements())
+
+    def _exiting_slots(self, session: Session) -> list[str]:
+        """The slots of runs that ended lately whose worker has not exited yet (it may still hold the GPU)."""
+        since = utcnow() - timedelta(seconds=EXIT_WAIT_SECONDS)
+        ended = session.exec(
+            select(Run.slot, Run.pid, Run.pid_started)
+            .where(Run.status.in_(FINISHED), Run.finished_at >= since, Run.pid.is_not(None), Run.slot.is_not(None))
+        )
+        return [slot for slot, pid, started in ended if pid_alive(pid, started)]
 
     def _start_queued(self) -> bool:
         started = False
@@ -142,18 +180,36 @@ class Scheduler:
             pid, started = launch(self.command, config_path=config_path, device=device)
         except OSError as exc:
             return self._fail_start(session, run, f"the worker could not be started ({exc}): check the worker_command setting")
-        session.exec(update(Run).where(Run.id == run_id).values(pid=pid, pid_started=started))
         where = "the CPU" if device == "cpu" else f"GPU {device}"
         message = f"worker started (pid {pid}) on {where}"
-        append_event(session, run_id=run_id, event=server_event("status", status="running", message=message))
-        session.commit()
+        try:
+            session.exec(update(Run).where(Run.id == run_id).values(pid=pid, pid_started=started))
+            append_event(session, run_id=run_id, event=server_event("status", status="running", message=message))
+            session.commit()
+        except Exception as exc:  # noqa: BLE001 - e.g. a locked database: the worker must not run unrecorded
+            return self._abandon(session, run, pid, started, exc)
         log.info("run %s: %s", run_id, message)
         session.refresh(run)
         if run.cancel_requested:  # asked while it was being started, before its pid was known
             stop_worker(pid, started)
 
-    def _fail_start(self, session: Session, run: Run, reason: str) -> None:
-        session.exec(update(Run).where(Run.id == run.id).values(status="failed", finished_at=utcnow(), error=reason))
+    def _abandon(self, session: Session, run: Run, pid: int, started: int | None, exc: Exception) -> None:
+        """A worker whose pid could not be saved would run unseen, and a later tick would give its slot
+        to another run: kill it, and fail the run with why (a later tick does, should the database still refuse)."""
+        run_id = run.id  # read before the rollback expires the row
+        session.rollback()
+        stop_worker(pid, started, signal.SIGKILL)
+        reason = (f"the worker was stopped right after it started because the server could not record it ({exc}): "
+                  "check the database (disk space, another process holding it), then resume the run")
+        try:
+            self._fail_start(session, run, reason, pid=pid, pid_started=started)
+        except Exception:  # noqa: BLE001 - the run stays running without a pid: the next tick fails it
+            session.rollback()
+            log.exception("run %s: %s; recording that failed too", run_id, reason)
+
+    def _fail_start(self, session: Session, run: Run, reason: str, **values) -> None:
+        # values: the pid of a killed worker, so its slot waits for it to exit
+        session.exec(update(Run).where(Run.id == run.id).values(status="failed", finished_at=utcnow(), error=reason, **values))
         append_event(session, run_id=run.id, event=server_event("end", status="failed", step=run.step, reason=reason))
         session.commit()
         log.warning("run %s: %s", run.id, reason)
@@ -167,6 +223,12 @@ class Scheduler:
             except Exception:  # noqa: BLE001 - one bad tick (a locked database, a full disk) must not stop scheduling
                 log.exception("scheduling runs failed; retrying")
             await asyncio.sleep(TICK_SECONDS)
+
+
+class CancelSeen(NamedTuple):
+    first: float  # when this scheduler first saw the cancel (its clock)
+    last_event: float  # when it last saw the run's events grow (the cancel, at first)
+    seq: int  # the run's last event then
 
 
 def disk_problem(output_dir: str) -> str | None:

@@ -16,7 +16,7 @@ class Settings(BaseSettings):
         None, ge=0, description="Runs that train at once; empty: one per visible GPU, one on a CPU-only machine; 0: none."
     )
     gpus: str | None = Field(None, description="GPU ids the workers may use, e.g. '0,1'; empty: detect.")
-    # a list so a launcher can wrap the worker, e.g. ["accelerate", "launch", "-m", "trainer"]
+    # a list so a wrapper can run the worker, e.g. ["nice", "-n", "10", "python", "-m", "trainer"]
     worker_command: list[str] = Field(
         default_factory=lambda: [sys.executable, "-m", "trainer"],
         description="Command that starts a worker; --config, --output-dir and --no-progress are appended.",
@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     model_roots: list[Path] = Field(
         default_factory=list, description="Folders whose models a run submitted from the web may use, a JSON list, "
         "e.g. '[\"/models\"]'; empty: the built-in models only. The CLI is not restricted.",
+    )
+
+    cancel_grace_seconds: float = Field(
+        10.0, gt=0, description="How long a cancelled worker may take to finish its step and checkpoint before it is "
+        "killed (SIGKILL); each event it writes meanwhile restarts the wait, up to 6 times this in all.",
     )
 
     @field_validator("token")

@@ -16,7 +16,7 @@ from sqlmodel import Session
 from app.eventlog import events_after, last_seq, new_events
 from app.models import FINISHED, Run, RunEvent
 from app.pubsub import CLOSED, Broker
-from app.runs import RunNotFound
+from app.runs import RunNotFound, run_id_in_range
 
 HEARTBEAT_SECONDS = 15.0  # a comment line this often keeps proxies from closing an idle stream
 FEED_SECONDS = 0.25  # the feed also looks without being woken: routes and the scheduler append events too
@@ -73,6 +73,8 @@ def _state(engine: Engine, run_id: int) -> tuple[str | None, int]:
 async def open_stream(engine: Engine, broker: Broker, run_id: int, after: int) -> Response:
     """The stream of events after ``after``; 204 (which tells EventSource not to reconnect) when
     the run has ended and nothing after ``after`` is left to send. Raises RunNotFound."""
+    if not run_id_in_range(run_id):  # before any query: SQLite cannot bind an integer beyond 64 bits
+        raise RunNotFound(run_id)
     status, last = await asyncio.to_thread(_state, engine, run_id)
     if status is None:
         raise RunNotFound(run_id)

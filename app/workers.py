@@ -71,6 +71,7 @@ def launch(command: list[str], *, config_path: Path, device: str) -> Worker:
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
     _children[process.pid] = process
+    _exit_codes.pop(process.pid, None)  # an earlier worker's, whose pid this one was given
     stat = _proc_stat(process.pid)
     return Worker(process.pid, stat[1] if stat else None)
 
@@ -85,6 +86,16 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
     # the command name (field 2) may hold spaces and parentheses: count fields after its last ")"
     fields = stat[stat.rfind(b")") + 2:].split()
     return fields[0].decode(), int(fields[19])  # fields 3 (state) and 22 (starttime)
+
+
+def reap_children() -> None:
+    """Poll every worker this process started: the ended ones are reaped (no zombies pile up) and
+    their exit codes kept until the scheduler asks; a worker whose run ended normally is never asked for."""
+    for pid, child in list(_children.items()):
+        code = child.poll()
+        if code is not None:
+            _exit_codes[pid] = code
+            _children.pop(pid, None)
 
 
 def pid_alive(pid: int, started: int | None = None) -> bool:

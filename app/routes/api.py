@@ -123,13 +123,18 @@ def get_file(run: RunDep, path: str) -> FileResponse:
 
 @router.post("/runs/{run_id}/cancel", responses=errors.RUN_ERRORS)
 def cancel_run(run_id: int, session: SessionDep) -> RunPublic:
-    """Cancel a queued run at once, or ask a running one to stop (it checkpoints, then ends cancelled)."""
+    """Cancel a queued run at once, or ask a running one to stop (it checkpoints, then ends cancelled).
+
+    Asking again while the worker stops is 409 (a cancel was already requested), not a second
+    SIGTERM: the worker is finishing its step and writing its final checkpoint. One that takes
+    longer than the cancel grace is killed by the server."""
     return runs.to_public(runs.cancel_run(session, run_id=run_id))
 
 
 @router.post("/runs/{run_id}/resume", responses=errors.RUN_ERRORS)
 def resume_run(run_id: int, session: SessionDep) -> RunPublic:
-    """Queue a failed or cancelled run again: it continues from its latest checkpoint, in the same run."""
+    """Queue a failed or cancelled run again: it continues from its latest checkpoint, in the same run
+    (one without a checkpoint of its own starts again from where it first started)."""
     return runs.to_public(runs.resume_run(session, run_id=run_id))
 
 

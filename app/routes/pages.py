@@ -20,7 +20,7 @@ from app.forms import FORM_FIELDS, SECTIONS, config_to_values, default_values, f
 from app.models import FINISHED, RUN_STATUSES
 from app.runs import (
     RESUMABLE, RunNotFound, RunStateError, cancel_run, create_run, get_run, latest_sample_url, list_runs, log_tail,
-    resume_run,
+    resume_run, run_id_in_range,
 )
 from trainer.config import ConfigError
 
@@ -184,8 +184,9 @@ def _run_view(request: Request, session, run_id: int, template: str, **extra) ->
 def run_page(request: Request, session: SessionDep, run_id: int):
     """One run: status card, live chart, samples and log."""
     # the stream starts after the newest stored event (read first: the chart's history, loaded
-    # later from the API, holds at least as much; the chart drops the steps it already has)
-    since = last_seq(session, run_id=run_id)
+    # later from the API, holds at least as much; the chart drops the steps it already has);
+    # an id beyond SQLite's integers cannot be bound: no such run (the 404 page), not a 500
+    since = last_seq(session, run_id=run_id) if run_id_in_range(run_id) else 0
     return _run_view(request, session, run_id, "run.html", nav="runs", since=since)
 
 

@@ -85,7 +85,8 @@
   };
 
   // Append one step (values: one per line, null where missing); an old step is ignored, which makes a
-  // replay that overlaps the history harmless. Returns whether the point was new.
+  // replay that overlaps the history harmless. Returns whether the point was new (the run page
+  // reloads the history when the stream repeats a step: a resumed run overwrote it).
   LinePlot.prototype.append = function (step, values) {
     const n = this.steps.length;
     if (n && step <= this.steps[n - 1]) return false;
@@ -202,19 +203,22 @@
     const plot = new LinePlot(el, names.map(function (name) { return { key: name, label: name, scale: SCALES[name] || name }; }));
     bindControls(plot, el.closest(".chart-card"));
 
-    // Live points that arrive before the history has loaded wait here; append() drops the ones the
+    // Live points that arrive while the history loads wait here; append() drops the ones the
     // history already holds.
     let buffer = [];
     let ended = false;
+    let refetchTimer = null;
     let livePoints = 0; // steps that came by the stream (data-live-points: the browser test reads it)
-    const add = function (step, values) {
+    // live: the point came by the stream just now, not from the buffer a history load overlaps
+    const add = function (step, values, live) {
       if (plot.append(step, values)) el.setAttribute("data-live-points", String(++livePoints));
+      else if (live) refetchSoon(); // a step the chart has: a resumed run repeats steps with new values
     };
     const take = function (metric) {
       const values = names.map(function (name) { return metric[name] == null ? null : Number(metric[name]); });
       if (values.every(function (v) { return v == null; })) return; // e.g. a validation-only event
       if (buffer) buffer.push([metric.step, values]);
-      else add(metric.step, values);
+      else add(metric.step, values, true);
     };
 
     const flush = function () {
@@ -223,11 +227,30 @@
       waiting.forEach(function (item) { add(item[0], item[1]); });
     };
 
+    // The stored history replaces what is drawn; the stream's points meanwhile wait in the buffer.
+    const loadHistory = function () {
+      buffer = buffer || [];
+      return fetchMetrics(el.dataset.runId, names).then(function (body) {
+        const aligned = alignSeries(names.map(function (name) { return (body.series || {})[name]; }));
+        plot.setData(aligned.steps, aligned.columns);
+        flush();
+      });
+    };
+
+    // Repeated steps come in bursts (a resumed run re-trains from its checkpoint): one reload a
+    // second at most, so the chart shows the stored values without a request per event.
+    const refetchSoon = function () {
+      if (refetchTimer) return;
+      refetchTimer = window.setTimeout(function () {
+        loadHistory().catch(function (error) {
+          flush();
+          say("Could not reload the history: " + error.message);
+        }).then(function () { refetchTimer = null; });
+      }, 1000);
+    };
+
     say("Loading the history…");
-    fetchMetrics(el.dataset.runId, names).then(function (body) {
-      const aligned = alignSeries(names.map(function (name) { return (body.series || {})[name]; }));
-      plot.setData(aligned.steps, aligned.columns);
-      flush();
+    loadHistory().then(function () {
       say(plot.steps.length ? "" : (ended || el.dataset.live !== "true" ? "No metrics were logged." : "Waiting for the first metrics…"));
     }).catch(function (error) {
       plot.draw();

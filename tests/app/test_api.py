@@ -5,6 +5,7 @@ from fastapi.testclient import TestClient
 
 from sqlmodel import Session, update
 
+from app.eventlog import last_seq
 from app.main import create_app
 from app.models import Run
 from tests.utils.factories import SEED_SNIPPET
@@ -150,3 +151,66 @@ def test_files_are_served_from_the_run_folder_only(client, settings):
     assert client.get(f"{run['url']}/files/samples/step_0000010.png").content == b"png"
     escape = client.get(f"{run['url']}/files/..%2F..%2Fsecret.txt")
     assert escape.status_code == 404 and "has no file" in escape.json()["detail"]
+
+
+def test_a_run_with_events_is_deleted_and_its_event_ids_are_not_given_out_again(client):
+    run = client.post("/api/runs", json={}).json()
+    client.post(f"{run['url']}/cancel")  # its end event: a row that points at the run
+    with Session(client.app.state.engine) as session:
+        deleted_seq = last_seq(session, run_id=run["id"])
+    assert deleted_seq and client.delete(run["url"]).status_code == 204
+    assert client.get(run["url"]).status_code == 404
+    other = client.post("/api/runs", json={}).json()
+    client.post(f"{other['url']}/cancel")
+    with Session(client.app.state.engine) as session:
+        # a live stream sends only ids above the last it sent: a reused id would be skipped
+        assert last_seq(session, run_id=other["id"]) > deleted_seq
+
+
+def test_a_second_cancel_of_a_running_run_sends_no_second_sigterm(client, monkeypatch):
+    from app import runs
+
+    signals = []
+    monkeypatch.setattr(runs, "stop_worker", lambda pid, started: signals.append(pid))
+    run = client.post("/api/runs", json={}).json()
+    with Session(client.app.state.engine) as session:
+        session.exec(update(Run).where(Run.id == run["id"]).values(status="running", pid=4321))
+        session.commit()
+    first = client.post(f"{run['url']}/cancel")
+    assert first.status_code == 200 and first.json()["cancel_requested"] and signals == [4321]
+    again = client.post(f"{run['url']}/cancel")
+    assert again.status_code == 409 and signals == [4321]
+    assert again.json()["detail"].startswith(f"run {run['id']}: a cancel was already requested: the worker is finishing")
+
+
+@pytest.mark.parametrize("path", ["/api/runs/9223372036854775808/events", "/runs/9223372036854775808"])
+def test_run_ids_beyond_sqlites_integers_are_404_not_500(client, path):
+    response = client.get(path)
+    assert response.status_code == 404 and "run 9223372036854775808 does not exist" in response.text
+
+
+def test_metrics_with_the_fewest_points_after_a_step_answer(client):
+    from app.metrics import record_points
+
+    run = client.post("/api/runs", json={}).json()
+    with Session(client.app.state.engine) as session:
+        record_points(session, run_id=run["id"], points=[(step, "loss", 1.0 / step) for step in range(1, 301)])
+        session.commit()
+    response = client.get(f"{run['url']}/metrics", params={"since": 5, "max_points": 2, "names": "loss"})
+    assert response.status_code == 200 and min(response.json()["series"]["loss"]["steps"]) == 6
+
+
+def test_resume_continues_from_the_runs_own_checkpoint_else_from_where_it_started(client, settings):
+    origin = str(settings.runs_dir / "7" / "checkpoints" / "step_0000010")
+    with Session(client.app.state.engine) as session:
+        for run_id in (1, 2):
+            session.add(Run(id=run_id, name=f"from a checkpoint {run_id}", status="failed",
+                            config={"max_train_steps": 20, "resume_from_checkpoint": origin},
+                            output_dir=str(settings.runs_dir / str(run_id))))
+        session.commit()
+    own = settings.runs_dir / "2" / "checkpoints" / "step_0000004"
+    own.mkdir(parents=True)
+    (own / "state.json").write_text('{"step": 4}')
+    # run 1 failed before it saved a checkpoint: "latest" would find none and start from scratch
+    assert client.post("/api/runs/1/resume").json()["config"]["resume_from_checkpoint"] == origin
+    assert client.post("/api/runs/2/resume").json()["config"]["resume_from_checkpoint"] == "latest"

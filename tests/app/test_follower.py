@@ -121,3 +121,28 @@ def test_errors_samples_and_a_failed_end_reach_the_run(engine, running_run):
     assert run.status == "failed" and run.error == "RuntimeError: out of cheese"
     assert events[0]["url"] == f"/api/runs/{run.id}/files/samples/step_0000006.png"
     assert events[1]["level"] == "error"
+
+
+def test_a_reader_that_loses_a_claim_reads_on_to_the_end(engine, running_run, monkeypatch):
+    # the scheduler follows a dead worker's file while the follower takes a chunk of it first: the
+    # scheduler must still store the end behind that chunk, or it fails a run that completed
+    from app import follower
+
+    metric = line("metric", step=1, loss=1.0, padding="x" * 40)
+    end = line("end", status="completed", step=1)
+    assert len(end) < len(metric)
+    append(running_run, metric + end)
+    monkeypatch.setattr(follower, "CHUNK_BYTES", len(metric))  # one line a chunk
+    real_events, raced = follower._events, []
+
+    def events_with_a_rival(run_id, offset, data):
+        if not raced:  # between our read and our claim, another reader stores the same chunk
+            raced.append(True)
+            assert follower._follow_chunk(engine, run_id) == (1, True)
+        return real_events(run_id, offset, data)
+
+    monkeypatch.setattr(follower, "_events", events_with_a_rival)
+    assert follow_run(engine, running_run.id) == 1  # the end; the metric was the rival's
+    events, run = stored(engine, running_run.id)
+    assert [e["event"] for e in events] == ["metric", "end"] and run.status == "completed"
+    assert run.events_offset == len(metric) + len(end)

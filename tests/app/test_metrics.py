@@ -1,6 +1,7 @@
 import bisect
 import random
 
+import pytest
 from sqlmodel import Session, select
 
 from app.metrics import metric_names, metric_series, record_points
@@ -71,3 +72,12 @@ def test_a_series_of_few_blocks_is_downsampled_from_its_points(engine, running_r
     down = series(engine, running_run.id, max_points=200)  # 100 buckets: more than blocks
     assert len(down["steps"]) <= 200 and set(down["values"]) == {0.0, 6.0}
     assert_no_extreme_is_lost([(step, float(step % 7)) for step in range(1, 3001)], down, width=30)
+
+
+@pytest.mark.parametrize("max_points", [2, 3])
+def test_the_fewest_points_with_since_are_each_buckets_extremes_not_a_crash(engine, running_run, max_points):
+    # since=5 leaves a head (steps 6..63) before the first whole block: it used to take the only bucket
+    store(engine, running_run.id, [(step, "loss", 1.0 / step) for step in range(1, 301)])
+    down = series(engine, running_run.id, since=5, max_points=max_points)
+    assert down["steps"] and min(down["steps"]) >= 6
+    assert 1.0 / 6 in down["values"] and 1.0 / 300 in down["values"]  # the extremes survive

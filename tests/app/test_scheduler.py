@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 import time
 
@@ -7,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from app import scheduler
 from app.main import create_app
-from app.workers import pid_alive, slot_devices
+from app.workers import pid_alive, slot_devices, write_config
 from tests.utils.factories import SEED_SNIPPET, fast_config
 from tests.utils.server import app_settings, wait_for
 
@@ -65,18 +66,132 @@ def test_cancel_stops_a_running_worker_which_ends_the_run_cancelled(one_slot, mo
     assert not pid_alive(pid)
 
 
-def test_a_worker_that_ignores_the_cancel_is_killed_after_the_grace_period(one_slot, monkeypatch):
-    monkeypatch.setenv("FAKE_WORKER_MODE", "stubborn")
-    monkeypatch.setattr(scheduler, "CANCEL_GRACE_SECONDS", 1.0)
-    with TestClient(create_app(one_slot)) as client:
+def test_a_worker_that_ignores_the_cancel_is_killed_after_the_grace_period(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_WORKER_MODE", "stubborn")  # it goes on training (and writing metrics) through SIGTERM
+    settings = app_settings(tmp_path / "data", worker_slots=1, gpus="3", cancel_grace_seconds=0.5)
+    with TestClient(create_app(settings)) as client:
         run = client.post("/api/runs", json={}).json()
         pid = wait_for_steps(client, run)["pid"]
         client.post(f"{run['url']}/cancel")
-        time.sleep(0.6)
+        again = client.post(f"{run['url']}/cancel")  # no second SIGTERM: it would cut the final checkpoint short
+        assert again.status_code == 409 and "a cancel was already requested" in again.json()["detail"]
+        time.sleep(0.3)
         assert client.get(run["url"]).json()["status"] == "running"  # SIGTERM ignored, still within the grace
-        done = wait_for(client, run["id"], timeout=5)
+        # its events restart the grace, but not past CANCEL_GRACE_LIMIT graces (3 s here)
+        done = wait_for(client, run["id"], timeout=20)
     assert done["status"] == "cancelled" and "killed (SIGKILL)" in done["error"], done
     assert not pid_alive(pid)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def add_event(engine, run_id) -> None:
+    from sqlmodel import Session
+
+    from app.eventlog import append_event
+
+    with Session(engine) as session:
+        append_event(session, run_id=run_id, event={"event": "log", "message": "still checkpointing"})
+        session.commit()
+
+
+def test_each_event_after_the_cancel_restarts_the_grace_up_to_a_limit(engine, running_run, tmp_path, monkeypatch):
+    killed = []
+    monkeypatch.setattr(scheduler, "stop_worker", lambda pid, started, sig: killed.append(sig))
+    chief = scheduler.Scheduler(engine, app_settings(tmp_path / "data", cancel_grace_seconds=10))
+    chief.clock = clock = FakeClock()
+
+    def at(now, event=False):
+        if event:
+            add_event(engine, running_run.id)
+        clock.now = now
+        chief._enforce_cancel(running_run.id, 4321, None)
+        return bool(killed)
+
+    assert not at(0) and not at(9.9)  # the cancel is seen, and waits the grace
+    assert not at(15, event=True) and not at(24.9)  # the worker wrote an event at 15: another grace from there
+    assert at(25.1) and killed == [signal.SIGKILL]  # then quiet for a whole grace
+    killed.clear()
+    busy = scheduler.Scheduler(engine, app_settings(tmp_path / "data", cancel_grace_seconds=10))
+    busy.clock, chief = clock, busy
+    assert not any(at(100 + t, event=True) for t in range(0, 60, 5))  # events every 5 s …
+    assert at(160, event=True)  # … still killed after CANCEL_GRACE_LIMIT graces in all
+
+
+def test_an_ended_runs_slot_waits_for_its_worker_to_exit(engine, tmp_path):
+    from sqlmodel import Session
+
+    from app.models import Run, utcnow
+    from app.workers import launch
+
+    config = write_config(tmp_path / "data" / "runs" / "1", {})
+    worker = launch([sys.executable, "-c", "import time; time.sleep(1.5)"], config_path=config, device="3")
+    with Session(engine) as session:
+        session.add(Run(name="ended", config={}, status="completed", finished_at=utcnow(), slot="3",
+                        pid=worker.pid, pid_started=worker.started))
+        session.commit()
+    chief = scheduler.Scheduler(engine, app_settings(tmp_path / "data", worker_slots=1, gpus="3"))
+    with Session(engine) as session:
+        assert chief._free_devices(session) == []  # the run wrote its end, but its worker may hold the GPU yet
+    deadline = time.monotonic() + 20
+    while pid_alive(worker.pid, worker.started):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with Session(engine) as session:
+        assert chief._free_devices(session) == ["3"]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="zombies are looked up in /proc")
+def test_workers_that_ended_are_reaped_each_tick(engine, tmp_path):
+    from app.workers import launch
+
+    config = write_config(tmp_path / "data" / "runs" / "1", {})
+    worker = launch([sys.executable, "-c", "pass"], config_path=config, device="cpu")
+    chief = scheduler.Scheduler(engine, app_settings(tmp_path / "data"))
+    deadline = time.monotonic() + 20
+    while os.path.exists(f"/proc/{worker.pid}/stat"):  # a zombie keeps its /proc entry until reaped
+        assert time.monotonic() < deadline, "the ended worker was not reaped (a zombie)"
+        chief.tick()
+        time.sleep(0.05)
+
+
+def test_a_worker_whose_pid_cannot_be_saved_is_killed_and_its_run_failed(tmp_path, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+    from sqlmodel import Session
+
+    from app.db import create_schema, make_engine
+    from app.models import Run
+
+    monkeypatch.setenv("FAKE_WORKER_MODE", "wait")
+    settings = app_settings(tmp_path / "data", worker_slots=1, gpus="3")
+    engine = make_engine(settings.db_url)
+    create_schema(engine)
+    with Session(engine) as session:
+        session.add(Run(id=1, name="orphan?", config={"max_train_steps": 5}, output_dir=str(settings.runs_dir / "1")))
+        session.commit()
+    real_append = scheduler.append_event
+
+    def locked(session, *, run_id, event):
+        if event["event"] == "status":  # the "worker started" event, in the transaction that saves the pid
+            raise OperationalError("INSERT INTO runevent", {}, Exception("database is locked"))
+        return real_append(session, run_id=run_id, event=event)
+
+    monkeypatch.setattr(scheduler, "append_event", locked)
+    scheduler.Scheduler(engine, settings).tick()
+    with Session(engine) as session:
+        run = session.get(Run, 1)
+    engine.dispose()
+    assert run.status == "failed" and "could not record it (" in run.error and "database is locked" in run.error
+    deadline = time.monotonic() + 20
+    while pid_alive(run.pid, run.pid_started):  # SIGKILLed, and reaped here
+        assert time.monotonic() < deadline, "the worker was left running"
+        time.sleep(0.05)
 
 
 def test_a_restarted_server_takes_its_running_worker_back(one_slot, monkeypatch):
