@@ -157,6 +157,9 @@ def _print_summary(output_dir: str) -> None:
     from trainer.events import read_events
 
     events = read_events(output_dir)
+    # this session only: a resumed or refused run appends to the events of the ones before it
+    starts = [i for i, e in enumerate(events) if e["event"] == "status" and e.get("status") == "starting"]
+    events = events[starts[-1]:] if starts else events
     metrics = [e for e in events if e["event"] == "metric" and "loss" in e]
     end = next((e for e in reversed(events) if e["event"] == "end"), None)
     if end is None:

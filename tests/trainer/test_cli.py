@@ -96,3 +96,14 @@ def test_an_unwritable_output_dir_is_one_clear_line(tmp_path, capsys):
     blocker.write_text("not a folder")
     assert train_main(["--output-dir", str(blocker / "run"), "--max_train_steps", "1"]) == 1
     assert f"cannot write to output_dir '{blocker / 'run'}'" in capsys.readouterr().err
+
+
+def test_the_summary_speaks_of_this_session_only(tmp_path, tiny_model_dir, capsys):
+    from tests.utils.factories import fast_config
+
+    path = write_config(tmp_path / "run.json", fast_config(tiny_model_dir, tmp_path / "out", max_train_steps=4, validation_steps=0))
+    assert train_main(["--config", str(path), "--no-progress"]) == 0
+    assert "completed at step 4; diffusion_loss" in capsys.readouterr().err
+    assert train_main(["--config", str(path), "--no-progress"]) == 2  # the folder already holds that run
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("failed at step 0; output_dir:") and "diffusion_loss" not in last
