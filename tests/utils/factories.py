@@ -11,11 +11,25 @@ SEED_SNIPPET = {
 }
 
 
-def make_tiny_demo_model(directory: Path, num_layers: int = 16, hidden_size: int = 32, sample_size: int = 16) -> Path:
-    """A DemoDiT small enough to train in milliseconds a step, saved with save_pretrained."""
+def make_tiny_demo_model(
+    directory: Path, num_layers: int = 16, hidden_size: int = 32, sample_size: int = 16, perturb: float = 0.0, seed: int = 0
+) -> Path:
+    """A DemoDiT small enough to train in milliseconds a step, saved with save_pretrained.
+
+    The same arguments give the same weights, whatever ran before. ``perturb`` adds noise to every
+    weight, so the blocks no longer start as the identity (adaLN-Zero) and differ from each other."""
+    import torch
+
     from trainer.models.demo_dit import DemoDiT
 
-    model = DemoDiT(sample_size=sample_size, hidden_size=hidden_size, num_layers=num_layers, num_attention_heads=2)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = DemoDiT(sample_size=sample_size, hidden_size=hidden_size, num_layers=num_layers, num_attention_heads=2)
+    if perturb:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(perturb * torch.randn(p.shape, generator=generator))
     model.save_pretrained(directory)
     return Path(directory)
 
