@@ -10,6 +10,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 CHECKPOINTS = "checkpoints"
+LORA_FILE = "adapter_model.safetensors"
+
+
+def is_lora(model) -> bool:
+    return any("lora_" in name for name, _ in model.named_parameters())
 
 
 def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
@@ -28,7 +33,13 @@ def save_checkpoint(output_dir, step, model, optimizer, config: dict, ema=None, 
     tmp = root / f".tmp_step_{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp / "transformer", safe_serialization=True)
+    if is_lora(model):  # the adapter only; the frozen weights are the pretrained model's
+        from peft import get_peft_model_state_dict
+
+        (tmp / "lora").mkdir()
+        save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()}, tmp / "lora" / LORA_FILE)
+    else:
+        model.save_pretrained(tmp / "transformer", safe_serialization=True)
     if ema is not None:
         save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, tmp / "ema.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -58,8 +69,17 @@ def find_checkpoint(output_dir, which: str) -> Path | None:
 
 def load_checkpoint(path: Path, model, optimizer, ema=None, scaler=None) -> int:
     """Restore weights, optimizer, EMA and loss scale in place; return the step the checkpoint was taken at."""
-    weights = load_file(path / "transformer" / "diffusion_pytorch_model.safetensors", device=str(next(model.parameters()).device))
-    model.load_state_dict(weights)
+    device = str(next(model.parameters()).device)
+    if (path / "lora" / LORA_FILE).is_file():
+        from peft import set_peft_model_state_dict
+
+        if not is_lora(model):
+            raise ValueError(f"{path} holds a LoRA adapter but this run trains the full model: set model_type to lora")
+        set_peft_model_state_dict(model, load_file(path / "lora" / LORA_FILE, device=device))
+    else:
+        if is_lora(model):
+            raise ValueError(f"{path} holds full weights but this run trains a LoRA: set model_type to full")
+        model.load_state_dict(load_file(path / "transformer" / "diffusion_pytorch_model.safetensors", device=device))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=next(model.parameters()).device, weights_only=True))
     if ema is not None:
         ema_file = path / "ema.safetensors"

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from trainer.families import FAMILIES, ModelDirError, model_depth
+from trainer.families import FAMILIES, ModelDirError, find_family, model_depth, supported_families
 
 LAYERSYNC_DEFAULT_LAMBDA = 0.2
 
@@ -59,7 +59,27 @@ class TrainConfig(BaseModel):
     pretrained_model_name_or_path: str | None = Field(
         None, description="Local model directory (save_pretrained layout). Empty: the family's built-in model."
     )
-    resolution: int = Field(16, ge=8, le=64, description="Image size in pixels (a multiple of the patch size, 2).")
+    resolution: int = Field(
+        16, ge=8, le=4096, description="Image (or video frame) size in pixels, square; a multiple of the family's factor (2 for the demo, 16 for most)."
+    )
+    model_type: Literal["full", "lora"] = Field("full", description="Train every weight, or a LoRA adapter (peft) on the attention projections.")
+    lora_rank: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha; empty: equal to the rank (scale 1).")
+    # data (the demo family uses its built-in digits)
+    instance_data_dir: str | None = Field(
+        None,
+        description="Folder of training images (videos, audio) with same-named .txt captions, or of pre-encoded .safetensors examples.",
+    )
+    caption_extension: str = Field(".txt", description="Extension of the caption files beside each example.")
+    center_crop: bool = Field(True, description="Center-crop to a square before resizing; off: resize the whole image (aspect not kept).")
+    num_frames: int = Field(5, ge=1, le=1025, description="Frames per training clip (video families).")
+    audio_duration: float = Field(10.0, gt=0, le=600, description="Seconds per training clip (audio families).")
+    cache_dir: str | None = Field(
+        None, description="Where encoded latents and caption embeddings are cached; empty: ~/.cache/layersync-studio."
+    )
+    validation_prompt: str | None = Field(
+        None, description="Prompt of the validation samples; empty: the first captions of the dataset."
+    )
     # training
     output_dir: str | None = Field(None, description="Where events, samples and checkpoints go.")
     max_train_steps: int = Field(500, ge=1, description="Number of optimizer steps.")
@@ -78,7 +98,7 @@ class TrainConfig(BaseModel):
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm; 0 turns clipping off.")
     seed: int = Field(0, ge=0, description="Seed of weights, batches and noise; the same seed gives the same run.")
     caption_dropout_probability: float = Field(
-        0.1, ge=0, le=1, description="Share of steps' labels replaced by the null label (classifier-free guidance)."
+        0.1, ge=0, le=1, description="Share of examples whose caption (or label) is dropped to the empty one (classifier-free guidance)."
     )
     use_ema: bool = Field(False, description="Keep an exponential moving average of the weights for sampling.")
     ema_decay: float = Field(0.999, gt=0, lt=1)
@@ -112,15 +132,48 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
-        family = FAMILIES.get(self.model_family)
+        family = find_family(self.model_family)
         if family is None:
-            raise FieldProblem("model_family", f"unknown model family {self.model_family!r}: choose one of {', '.join(FAMILIES)}")
+            raise FieldProblem(
+                "model_family",
+                f"unknown model family {self.model_family!r}: choose one of {', '.join(supported_families())}",
+            )
+        if family.unsupported:
+            raise FieldProblem(
+                "model_family",
+                f"{family.label} cannot be trained with LayerSync: {family.unsupported}. "
+                f"Families that work: {', '.join(supported_families())}",
+            )
+        self.model_family = family.name
         if self.pretrained_model_name_or_path == "":
             self.pretrained_model_name_or_path = None
+        if self.instance_data_dir == "":
+            self.instance_data_dir = None
         if self.learning_rate is None:
             self.learning_rate = family.default_learning_rate
-        if self.resolution % 2:
-            raise FieldProblem("resolution", f"resolution {self.resolution} is odd: use a multiple of 2 (the patch size)")
+        if self.pretrained_model_name_or_path is None and family.builtin_config is None:
+            raise FieldProblem(
+                "pretrained_model_name_or_path",
+                f"{family.label} has no built-in model: set pretrained_model_name_or_path to a local diffusers "
+                "pipeline directory (the folder save_pretrained writes)",
+            )
+        if family.builtin_config is None and self.instance_data_dir is None:
+            raise FieldProblem(
+                "instance_data_dir",
+                f"{family.label} trains on your data: set instance_data_dir to a folder of {family.media} files with "
+                f"same-named {self.caption_extension} captions",
+            )
+        if self.instance_data_dir is not None and not Path(self.instance_data_dir).expanduser().is_dir():
+            raise FieldProblem("instance_data_dir", f"instance_data_dir {self.instance_data_dir!r} is not a folder: check the path")
+        multiple = family.resolution_multiple
+        if self.resolution % multiple:
+            raise FieldProblem(
+                "resolution",
+                f"resolution {self.resolution} is not a multiple of {multiple} ({family.label}'s VAE and patch size): "
+                f"use {max(multiple, self.resolution // multiple * multiple)} or {(self.resolution // multiple + 1) * multiple}",
+            )
+        if family.builtin_config is not None and self.pretrained_model_name_or_path is None and self.resolution > 64:
+            raise FieldProblem("resolution", f"the built-in demo model trains at up to 64 px, got {self.resolution}")
         if not self.layersync_enabled:
             return self
         if self.layersync_student_block is None and not self.layersync_pairs:
@@ -167,7 +220,7 @@ class TrainConfig(BaseModel):
             notes.append("LayerSync blocks are set but LayerSync is off (layersync_enabled=false): they are ignored")
         depth = None
         if self.layersync_enabled:
-            depth = model_depth(FAMILIES[self.model_family], self.pretrained_model_name_or_path)
+            depth = model_depth(find_family(self.model_family), self.pretrained_model_name_or_path)
         for student, teacher in self.pairs():
             s, t = resolve_block_index(student, depth, "student"), resolve_block_index(teacher, depth, "teacher")
             if s == t:

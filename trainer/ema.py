@@ -6,20 +6,24 @@ import torch
 from torch import nn
 
 
+def _trainable(model: nn.Module):
+    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+
+
 class EMA:
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
-        self.shadow = {name: p.detach().clone() for name, p in model.named_parameters()}
+        self.shadow = {name: p.detach().clone() for name, p in _trainable(model)}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         names = list(self.shadow)
-        params = dict(model.named_parameters())
+        params = dict(_trainable(model))
         torch._foreach_lerp_([self.shadow[n] for n in names], [params[n].detach() for n in names], 1 - self.decay)
 
     @torch.no_grad()
     def copy_from(self, model: nn.Module) -> None:
-        for name, p in model.named_parameters():
+        for name, p in _trainable(model):
             self.shadow[name].copy_(p)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -32,7 +36,7 @@ class EMA:
     @contextmanager
     def applied(self, model: nn.Module):
         """Swap the EMA weights in for the duration (sampling), then put the trained ones back."""
-        params = dict(model.named_parameters())
+        params = dict(_trainable(model))
         backup = {name: p.detach().clone() for name, p in params.items()}
         with torch.no_grad():
             for name, p in params.items():

@@ -7,6 +7,7 @@ named by ``implementation`` and is imported only by the training program.
 """
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +18,35 @@ class Family:
     label: str
     description: str
     implementation: str  # "module:attribute" of the torch half
-    depth_keys: tuple[str, ...]  # keys of the transformer's config.json whose values add up to the block count
+    depth_keys: tuple[str, ...] = ()  # keys of the transformer's config.json whose values add up to the block count
+    count_blocks: Callable[[dict], int] | None = None  # instead of depth_keys, when the count needs arithmetic
+    diffusers_class: str = ""  # the transformer's class in diffusers
+    media: str = "image"  # what instance_data_dir holds: image, video or audio
     builtin_config: dict | None = None  # config of the built-in model, when the family has one
     default_learning_rate: float = 1e-4  # fine-tuning rate; a family trained from scratch sets its own
+    resolution_multiple: int = 16  # resolution must be a multiple of this (VAE factor × patch size)
+    unsupported: str | None = None  # why LayerSync cannot train this family (refused at submit time)
+    aliases: tuple[str, ...] = ()  # other names users know it by (SimpleTuner's model_family values)
+
+
+def unet_transformer_blocks(config: dict) -> int:
+    """Transformer blocks of a UNet2DConditionModel, counted in execution order (down, mid, up)."""
+    down_types = config.get("down_block_types") or []
+    up_types = config.get("up_block_types") or []
+    per_block = config.get("transformer_layers_per_block", 1)
+    layers = config.get("layers_per_block", 2)
+    n = len(down_types)
+    per_down = per_block if isinstance(per_block, list) else [per_block] * n
+    per_down = [p if isinstance(p, int) else (p[0] if p else 0) for p in per_down]
+    layers_down = layers if isinstance(layers, list) else [layers] * n
+    reverse = config.get("reverse_transformer_layers_per_block")
+    per_up = list(reversed(per_down)) if reverse is None else [r if isinstance(r, int) else len(r) for r in reverse]
+    layers_up = [l + 1 for l in reversed(layers_down)]
+    total = sum(l * p for t, l, p in zip(down_types, layers_down, per_down) if "CrossAttn" in t)
+    if "CrossAttn" in (config.get("mid_block_type") or "UNetMidBlock2DCrossAttn"):
+        total += per_down[-1] if per_down else 0
+    total += sum(l * p for t, l, p in zip(up_types, layers_up, per_up) if "CrossAttn" in t)
+    return total
 
 
 DEMO_MODEL_CONFIG = {
@@ -33,6 +60,14 @@ DEMO_MODEL_CONFIG = {
     "num_classes": 10,
 }
 
+
+def _family(name, label, cls, description, *, depth=("num_layers",), **kw) -> Family:
+    return Family(
+        name=name, label=label, description=description, implementation=f"trainer.models.{name}:FAMILY",
+        depth_keys=depth, diffusers_class=cls, **kw,
+    )
+
+
 FAMILIES: dict[str, Family] = {
     "demo": Family(
         name="demo",
@@ -40,10 +75,72 @@ FAMILIES: dict[str, Family] = {
         description="A small SiT-style flow transformer trained from scratch on the built-in digits; no download.",
         implementation="trainer.models.demo:FAMILY",
         depth_keys=("num_layers",),
+        diffusers_class="DemoDiT",
         builtin_config=DEMO_MODEL_CONFIG,
         default_learning_rate=1e-3,
+        resolution_multiple=2,
+    ),
+    "flux": _family(
+        "flux", "Flux / Flux Kontext", "FluxTransformer2DModel",
+        "Double-stream blocks, then single-stream blocks; one numbering across both.",
+        depth=("num_layers", "num_single_layers"), aliases=("flux_kontext", "kontext"),
+    ),
+    "flux2": _family("flux2", "Flux.2", "Flux2Transformer2DModel", "Double-stream then single-stream blocks.",
+                     depth=("num_layers", "num_single_layers")),
+    "pixart_sigma": _family("pixart_sigma", "PixArt Sigma", "PixArtTransformer2DModel",
+                            "DiT blocks with cross-attention; trained with its scheduler's prediction type."),
+    "sd3": _family("sd3", "Stable Diffusion 3 / 3.5", "SD3Transformer2DModel", "MMDiT joint blocks."),
+    "sdxl": _family("sdxl", "Stable Diffusion XL", "UNet2DConditionModel",
+                    "The UNet's transformer blocks numbered in execution order (down, mid, up).",
+                    depth=(), count_blocks=unet_transformer_blocks, resolution_multiple=8),
+    "sana": _family("sana", "Sana", "SanaTransformer2DModel", "Linear-attention DiT blocks.", resolution_multiple=32),
+    "qwen_image": _family("qwen_image", "Qwen Image / Qwen Image Edit", "QwenImageTransformer2DModel",
+                          "Dual-stream MMDiT blocks.", aliases=("qwen_image_edit",)),
+    "chroma": _family("chroma", "Chroma", "ChromaTransformer2DModel", "Double-stream then single-stream blocks.",
+                      depth=("num_layers", "num_single_layers")),
+    "hidream": _family("hidream", "HiDream", "HiDreamImageTransformer2DModel", "Double-stream then single-stream blocks.",
+                       depth=("num_layers", "num_single_layers")),
+    "auraflow": _family("auraflow", "AuraFlow", "AuraFlowTransformer2DModel", "Joint MMDiT blocks then single DiT blocks.",
+                        depth=("num_mmdit_layers", "num_single_dit_layers")),
+    "longcat": _family("longcat", "LongCat Image", "LongCatImageTransformer2DModel", "Double-stream then single-stream blocks.",
+                       depth=("num_layers", "num_single_layers")),
+    "z_image": _family("z_image", "Z-Image", "ZImageTransformer2DModel", "Single-stream DiT layers.", depth=("n_layers",)),
+    "lumina2": _family("lumina2", "Lumina 2", "Lumina2Transformer2DModel",
+                       "Joint caption+image layers; the caption tokens are sliced off."),
+    "omnigen": _family("omnigen", "OmniGen", "OmniGenTransformer2DModel", "Phi-3-style layers over text and image tokens."),
+    "wan": _family("wan", "Wan (video)", "WanTransformer3DModel", "Video DiT blocks.", media="video"),
+    "hunyuan_video": _family("hunyuan_video", "Hunyuan Video", "HunyuanVideoTransformer3DModel",
+                             "Double-stream then single-stream blocks (the token refiner is not numbered).",
+                             depth=("num_layers", "num_single_layers"), media="video"),
+    "ltxvideo": _family("ltxvideo", "LTX-Video", "LTXVideoTransformer3DModel", "Video DiT blocks over patchified tokens.",
+                        media="video", resolution_multiple=32),
+    "kandinsky5_video": _family("kandinsky5_video", "Kandinsky 5 Video", "Kandinsky5Transformer3DModel",
+                                "Visual transformer blocks.", depth=("num_visual_blocks",), media="video"),
+    "cosmos": _family("cosmos", "Cosmos", "CosmosTransformer3DModel", "Video DiT blocks.", media="video"),
+    "ace_step": _family("ace_step", "ACE-Step (audio)", "AceStepTransformer1DModel", "Audio DiT blocks.", media="audio",
+                        resolution_multiple=1),
+    "kolors": _family("kolors", "Kolors", "UNet2DConditionModel", "SDXL's UNet with a ChatGLM text encoder.",
+                      depth=(), count_blocks=unet_transformer_blocks, resolution_multiple=8),
+    "kandinsky5_image": _family("kandinsky5_image", "Kandinsky 5 Image", "Kandinsky5Transformer3DModel",
+                                "The Kandinsky 5 transformer used for single images.", depth=("num_visual_blocks",)),
+    "stable_cascade": _family(
+        "stable_cascade", "Stable Cascade", "StableCascadeUNet", "Würstchen-style UNet without transformer blocks.",
+        depth=(), unsupported=(
+            "Stable Cascade's StableCascadeUNet is a convolutional UNet with no transformer blocks to align"
+        ),
     ),
 }
+
+
+def supported_families() -> list[str]:
+    return [name for name, family in FAMILIES.items() if family.unsupported is None]
+
+
+def find_family(name: str) -> Family | None:
+    """A family by its name or one of its aliases."""
+    if name in FAMILIES:
+        return FAMILIES[name]
+    return next((family for family in FAMILIES.values() if name in family.aliases), None)
 
 
 class ModelDirError(ValueError):
@@ -58,11 +155,11 @@ def find_model_config(path: str) -> Path:
             f"model directory {path!r} does not exist: give a local directory written by save_pretrained "
             "(no hub downloads), or leave it empty for the built-in demo model"
         )
-    for candidate in (root / "config.json", root / "transformer" / "config.json"):
+    for candidate in (root / "config.json", root / "transformer" / "config.json", root / "unet" / "config.json"):
         if candidate.is_file():
             return candidate
     raise ModelDirError(
-        f"{path!r} holds no config.json (looked in it and in its transformer/ folder): "
+        f"{path!r} holds no config.json (looked in it and in its transformer/ and unet/ folders): "
         "point it at the folder that save_pretrained wrote"
     )
 
@@ -83,6 +180,14 @@ def model_config(family: Family, pretrained_path: str | None) -> dict:
 def model_depth(family: Family, pretrained_path: str | None) -> int:
     """How many blocks the model has, counted as LayerSync counts them, without importing torch."""
     config = model_config(family, pretrained_path)
+    if family.count_blocks is not None:
+        try:
+            return family.count_blocks(config)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ModelDirError(
+                f"cannot count the blocks of this model from its config.json ({exc}): it does not look like a "
+                f"{family.label} model; check model_family"
+            ) from exc
     missing = [key for key in family.depth_keys if not isinstance(config.get(key), int)]
     if missing:
         raise ModelDirError(

@@ -18,7 +18,8 @@ from trainer.ema import EMA
 from trainer.events import EventWriter
 from trainer.layersync import LayerSync
 from trainer.models import implementation
-from trainer.sampling import grid_labels, held_out_loss, euler_sample, save_grid
+from trainer.objectives import objective_for
+from trainer.sampling import fixed_noise_loss
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_CONFIG, EXIT_CANCELLED = 0, 1, 2, 130
 
@@ -75,11 +76,12 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def check_hidden_states(impl, model, data, capture, layersync, device) -> None:
+def check_hidden_states(impl, objective, model, data, capture, layersync, device, autocast) -> None:
     """One forward on two examples before step 1, so a shape LayerSync cannot use stops the run early."""
-    x, y = data.train_images[:2].to(device), data.train_labels[:2].to(device)
-    with torch.no_grad(), capture.capture() as states:
-        impl.predict(model, x, torch.full((2,), 0.5, device=device), y)
+    latents, cond = next(data.eval_batches(2))
+    t = objective.eval_timesteps(len(latents), device)
+    with torch.no_grad(), autocast, capture.capture() as states:
+        impl.predict(model, latents, t, cond)
     try:
         missing = sorted(layersync.blocks - set(states))
         if missing:
@@ -89,6 +91,28 @@ def check_hidden_states(impl, model, data, capture, layersync, device) -> None:
         raise ConfigError([("layersync_student_block", f"LayerSync cannot use this model's hidden states: {exc}")]) from None
     finally:
         capture.release()
+
+
+def add_lora(config: TrainConfig, impl, model, base_dtype) -> int:
+    """Freeze the model, store the frozen weights in ``base_dtype`` and wrap the family's attention
+    projections with trainable fp32 LoRA layers (peft). Returns the number of trainable parameters."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    model.requires_grad_(False)
+    if base_dtype is not None:
+        model.to(base_dtype)
+    lora = LoraConfig(
+        r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank,
+        target_modules=list(impl.lora_target_modules), init_lora_weights=True,
+    )
+    try:
+        inject_adapter_in_model(lora, model)
+    except ValueError as exc:
+        raise ConfigError([("model_type", f"cannot add LoRA layers to this model ({exc}); use model_type full")]) from None
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.data = p.data.float()
+    return sum(p.numel() for p in trainable)
 
 
 def train(config: TrainConfig, output_dir: str | Path, progress: bool = False, echo=None) -> int:
@@ -155,16 +179,25 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
         )])
 
     impl = implementation(config.model_family)
-    data = impl.load_data(config).to(device)
+    data = impl.load_data(config, device, events.log).to(device)
+    how = "held-out" if data.held_out else "training (too few to hold out; fixed noise)"
+    events.log(f"data: {len(data)} training examples; val_diffusion_loss on {len(data.val_latents)} {how} examples")
     model = impl.load_model(config).to(device)
     model.train()
+    if config.model_type == "lora":
+        base_dtype = autocast_dtype if device.type == "cuda" else None
+        n_trainable = add_lora(config, impl, model, base_dtype)
+        events.log(f"LoRA rank {config.lora_rank}: {n_trainable / 1e6:.3f}M trainable parameters on {', '.join(impl.lora_target_modules)}")
     if config.gradient_checkpointing:
+        if not getattr(model, "_supports_gradient_checkpointing", False):
+            raise ConfigError([("gradient_checkpointing", f"{type(model).__name__} does not support gradient checkpointing: turn it off")])
         model.enable_gradient_checkpointing()
+    objective = objective_for(impl, config, device)
     blocks = impl.blocks(model)
     layersync = LayerSync.from_config(config, depth=len(blocks))
     capture = HiddenStateCapture(blocks, layersync.blocks) if layersync else None
     if layersync:
-        check_hidden_states(impl, model, data, capture, layersync, device)
+        check_hidden_states(impl, objective, model, data, capture, layersync, device, autocast)
         events.log(layersync.describe())
         if device.type == "cuda":
             why_not = layersync.compile(device)
@@ -173,8 +206,9 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
     else:
         events.log("LayerSync off: training with the diffusion loss alone")
 
+    params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        model.parameters(),
+        params,
         lr=config.learning_rate,
         betas=(config.adam_beta1, config.adam_beta2),
         weight_decay=config.adam_weight_decay,
@@ -208,21 +242,20 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
     while step < config.max_train_steps and not stop.requested:
         step += 1
         generator.manual_seed(step_seed(config.seed, step))
-        x1, labels = data.batch(config.train_batch_size, generator)  # (B, C, H, W), (B,)
-        drop = torch.rand(labels.shape, generator=generator, device=device) < config.caption_dropout_probability
-        labels = torch.where(drop, impl.null_condition(model, labels), labels)
-        x0 = torch.randn(x1.shape, generator=generator, device=device)
-        t = torch.rand(len(x1), generator=generator, device=device)
-        t_ = t.view(-1, 1, 1, 1)
-        x_t = (1 - t_) * x0 + t_ * x1  # linear path from noise (t=0) to data (t=1)
-        target = x1 - x0  # its velocity
+        latents, cond = data.batch(config.train_batch_size, generator)
+        drop = torch.rand(len(latents), generator=generator, device=device) < config.caption_dropout_probability
+        cond = data.drop(cond, drop)  # caption dropout: the null condition, for classifier-free guidance
+        noise = torch.randn(latents.shape, generator=generator, device=device)
+        t = objective.timesteps(len(latents), generator, device)
+        x_t = objective.noisy(latents, noise, t)
+        target = objective.target(latents, noise, t)
 
         # forward: the hooks keep the student and teacher outputs of this forward only
         with autocast, capture.capture() if capture else nullcontext() as states:
-            pred = impl.predict(model, x_t, t, labels)
+            pred = impl.predict(model, x_t, t, cond)
 
         # losses
-        diffusion_loss = F.mse_loss(pred.float(), target)
+        diffusion_loss = F.mse_loss(pred.float(), target.float())
         if layersync:
             layersync_loss, similarity, pair_sims = layersync(states)
             capture.release()
@@ -236,7 +269,7 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         if config.max_grad_norm > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         else:
             grad_norm = zero
 
@@ -286,7 +319,7 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
         # sample and held-out loss (their time is kept out of step_time)
         paused_at = time.perf_counter()
         if config.validation_steps and (step % config.validation_steps == 0 or step == config.max_train_steps):
-            validate(config, impl, model, ema, data, output_dir, events, step, device, autocast)
+            validate(config, impl, objective, model, ema, data, output_dir, events, step, device, autocast)
 
         # checkpoint (a cancel also checkpoints, so nothing trained is lost)
         if (config.checkpointing_steps and step % config.checkpointing_steps == 0) or step == config.max_train_steps or stop.requested:
@@ -308,18 +341,15 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
     return "completed", step
 
 
-def validate(config, impl, model, ema, data, output_dir, events, step, device, autocast) -> None:
-    """A sample grid (two of each class, fixed noise) and the held-out flow loss, with EMA weights if kept."""
+def validate(config, impl, objective, model, ema, data, output_dir, events, step, device, autocast) -> None:
+    """The fixed-noise validation loss and the family's samples (fixed prompts and seed), with EMA weights if kept."""
     model.eval()
+    path = None
     with ema.applied(model) if ema is not None else nullcontext(), autocast:
-        val_loss = held_out_loss(impl, model, data.val_images, data.val_labels)
-        labels = grid_labels(data.num_classes, 2, device)
-        images = euler_sample(
-            impl, model, labels, tuple(data.train_images.shape[1:]), config.validation_num_inference_steps,
-            config.validation_guidance, seed=config.seed,
-        )
+        val_loss = fixed_noise_loss(impl, objective, model, data)
+        if impl.sample is not None:
+            path = impl.sample(config, model, data, device, output_dir / "samples" / f"step_{step:07d}")
     model.train()
-    path = output_dir / "samples" / f"step_{step:07d}.png"
-    save_grid(images, path, columns=data.num_classes)
     events.emit("metric", step=step, val_diffusion_loss=val_loss)
-    events.emit("sample", step=step, path=str(path.relative_to(output_dir)), labels=labels.tolist())
+    if path is not None:
+        events.emit("sample", step=step, path=str(path.relative_to(output_dir)), prompts=data.prompts)

@@ -20,7 +20,8 @@ def tiny_model(seed=0) -> DemoDiT:
 
 def inputs(seed=1):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(4, 1, 16, 16, generator=g), torch.rand(4, generator=g), torch.randint(0, 10, (4,), generator=g)
+    labels = torch.randint(0, 10, (4,), generator=g)
+    return torch.randn(4, 1, 16, 16, generator=g), torch.rand(4, generator=g), {"class_labels": labels}
 
 
 def test_keeps_only_the_requested_blocks_and_releases_them():

@@ -107,7 +107,7 @@ def test_simpletuner_config_is_imported_with_one_warning(tmp_path):
         "--gradient_checkpointing": "true",
         "--resume_from_checkpoint": "None",
         "--data_backend_config": "config/multidatabackend.json",
-        "--lora_rank": "16",
+        "--lycoris_config": "config/lycoris.json",
     }))
     data, warnings = read_config_file(path)
     config = validate_config(data)
@@ -115,7 +115,7 @@ def test_simpletuner_config_is_imported_with_one_warning(tmp_path):
     assert config.layersync_student_block == 8 and config.layersync_lambda == 0.2
     assert config.resume_from_checkpoint is None
     (warning,) = warnings
-    assert "data_backend_config" in warning and "lora_rank" in warning
+    assert "data_backend_config" in warning and "lycoris_config" in warning
 
 
 def test_unreadable_and_invalid_files_say_so(tmp_path):

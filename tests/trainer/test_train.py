@@ -112,9 +112,9 @@ def test_a_hidden_state_shape_layersync_cannot_use_stops_before_step_one(tmp_pat
         blocks=lambda model: [Block(b, lambda out: out.mean(dim=1)) for b in model.blocks],  # (B, D): no tokens
         load_data=demo.load_data,
         predict=demo.predict,
-        null_condition=demo.null_condition,
     )
-    monkeypatch.setitem(FAMILIES, "pooled", Family("pooled", "pooled", "", "test:x", ("num_layers",)))
+    monkeypatch.setitem(FAMILIES, "pooled", Family(
+        "pooled", "pooled", "", "test:x", ("num_layers",), builtin_config=FAMILIES["demo"].builtin_config, resolution_multiple=2))
     monkeypatch.setattr("trainer.train.implementation", lambda name: pooled)
     code, events, out = run(tmp_path, tiny_model_dir, model_family="pooled")
     assert code == 2
@@ -124,11 +124,11 @@ def test_a_hidden_state_shape_layersync_cannot_use_stops_before_step_one(tmp_pat
 
 
 def test_a_crash_ends_the_run_failed_with_its_reason(tmp_path, tiny_model_dir, monkeypatch):
-    def broken_predict(model, x, t, y):
+    def broken_predict(model, x, t, cond):
         raise RuntimeError("the GPU caught fire")
 
     monkeypatch.setattr("trainer.train.implementation", lambda name: FamilyImplementation(
-        demo.load_model, demo.blocks, demo.load_data, broken_predict, demo.null_condition))
+        demo.load_model, demo.blocks, broken_predict, demo.load_data))
     code, events, _ = run(tmp_path, tiny_model_dir, layersync_enabled=False)
     assert code == 1
     assert events[-1] == {**events[-1], "event": "end", "status": "failed", "reason": "RuntimeError: the GPU caught fire"}

@@ -1,11 +1,12 @@
-"""The demo family: DemoDiT on the built-in digits."""
+"""The demo family: DemoDiT on the built-in digits, flow matching, class labels as the condition."""
+
+from pathlib import Path
 
 import torch
-from torch import nn
 
 from trainer.capture import Block, tensor_output
 from trainer.config import TrainConfig
-from trainer.data import load_digits_dataset
+from trainer.data import LatentDataset, load_digits_dataset
 from trainer.families import FAMILIES
 from trainer.models import FamilyImplementation
 from trainer.models.demo_dit import DemoDiT
@@ -29,18 +30,43 @@ def blocks(model: DemoDiT) -> list[Block]:
     return [Block(block, tensor_output) for block in model.blocks]
 
 
-def predict(model: DemoDiT, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return model(x_t, t * 1000.0, labels)
+def predict(model: DemoDiT, x_t: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
+    return model(x_t, sigma * 1000.0, cond["class_labels"])
 
 
-def null_condition(model: nn.Module, labels: torch.Tensor) -> torch.Tensor:
-    return torch.full_like(labels, model.config.num_classes)
-
-
-def load_data(config: TrainConfig):
+def load_data(config: TrainConfig, device, log) -> LatentDataset:
     return load_digits_dataset(config.resolution)
 
 
+@torch.no_grad()
+def euler_sample(model, data: LatentDataset, steps: int, guidance: float, seed: int) -> torch.Tensor:
+    """Integrate the learned velocity from noise (sigma 1) to data (sigma 0), with classifier-free guidance."""
+    labels = data.prompt_cond["class_labels"]
+    null = data.null_cond["class_labels"].expand_as(labels)
+    device = labels.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn((len(labels), *data.latents.shape[1:]), generator=generator, device=device)
+    sigmas = torch.linspace(1, 0, steps + 1, device=device)
+    for i in range(steps):
+        sigma = sigmas[i].expand(len(labels))
+        if guidance > 1:
+            v_cond, v_null = predict(model, torch.cat([x, x]), torch.cat([sigma, sigma]),
+                                     {"class_labels": torch.cat([labels, null])}).chunk(2)
+            v = v_null + guidance * (v_cond - v_null)
+        else:
+            v = predict(model, x, sigma, {"class_labels": labels})
+        x = x + (sigmas[i + 1] - sigmas[i]) * v.float()
+    return x.clamp(-1, 1)
+
+
+def sample(config: TrainConfig, model, data: LatentDataset, device, path: Path) -> Path:
+    from trainer.sampling import save_media
+
+    images = euler_sample(model, data, config.validation_num_inference_steps, config.validation_guidance, config.seed)
+    return save_media(images.cpu(), path)
+
+
 FAMILY = FamilyImplementation(
-    load_model=load_model, blocks=blocks, load_data=load_data, predict=predict, null_condition=null_condition
+    load_model=load_model, blocks=blocks, predict=predict, load_data=load_data, sample=sample,
+    lora_target_modules=("qkv", "proj"),
 )

@@ -1,0 +1,289 @@
+"""Encode a training folder once with the family's own diffusers pipeline, and cache the result.
+
+The pipeline is loaded from the local model directory without its transformer (local_files_only),
+the images (videos, audio) go through its VAE and the captions through its text encoders, and the
+result is written to one safetensors file keyed by the content of everything that shaped it. The
+encoders are freed before training starts. A folder that already holds such a cache (a
+``manifest.json`` of format ``layersync-encoded-v1``) can be given as instance_data_dir directly.
+"""
+
+import gc
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from trainer.config import TrainConfig
+from trainer.data import LatentDataset, split
+from trainer.media import list_examples, read_audio, read_image, read_video
+
+FORMAT = "layersync-encoded-v1"
+ENCODE_BATCH = 8
+SAMPLE_PROMPTS = 4
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What the generic encoder and sampler need to know about a family's diffusers pipeline."""
+
+    pipeline_class: str  # e.g. "FluxPipeline"
+    # (pipe, prompts, config) → conditioning tensors, one row per prompt
+    encode_prompts: Callable[[object, list[str], TrainConfig], dict[str, torch.Tensor]]
+    # (pipe, pixels (B, 3, H, W) / frames (B, 3, T, H, W) / audio (B, channels, samples), config) → latents
+    encode_media: Callable[[object, torch.Tensor, TrainConfig], torch.Tensor]
+    # (pipe, prompt_cond, null_cond, config, generator) → images (N, 3, H, W) or videos (N, 3, T, H, W)
+    # in [-1, 1], or audio (N, channels, samples); None: the family has no validation sampler
+    generate: Callable | None = None
+    model_component: str = "transformer"  # the pipeline component that is trained
+    text_components: tuple[str, ...] = ("text_encoder", "tokenizer")  # dropped after encoding
+    audio_sample_rate: int = 44100
+    load_kwargs: dict = field(default_factory=dict)  # extra from_pretrained kwargs
+
+
+def pipeline_class(spec: PipelineSpec):
+    import diffusers
+
+    return getattr(diffusers, spec.pipeline_class)
+
+
+def weight_dtype(device: torch.device) -> torch.dtype:
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def cache_root(config: TrainConfig) -> Path:
+    if config.cache_dir:
+        return Path(config.cache_dir).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "layersync-studio"
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    paths = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    for p in paths:
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _model_fingerprint(model_dir: Path, spec: PipelineSpec) -> list:
+    """The encoders' configs and weight files (name, size, mtime): a changed encoder changes the key."""
+    parts = []
+    for path in sorted(model_dir.rglob("*")):
+        rel = path.relative_to(model_dir)
+        if not path.is_file() or rel.parts[0] == spec.model_component:
+            continue
+        stat = path.stat()
+        parts.append([str(rel), stat.st_size, stat.st_mtime_ns])
+    return parts
+
+
+def sample_prompts(config: TrainConfig, captions: list[str]) -> list[str]:
+    if config.validation_prompt:
+        return [config.validation_prompt]
+    distinct = list(dict.fromkeys(c for c in captions if c))
+    return distinct[:SAMPLE_PROMPTS] or ["a photo"]
+
+
+def is_encoded_folder(path: Path) -> bool:
+    manifest = path / "manifest.json"
+    if not manifest.is_file():
+        return False
+    try:
+        return json.loads(manifest.read_text()).get("format") == FORMAT
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def save_encoded(folder: Path, latents, cond, null_cond, prompt_cond, manifest: dict) -> None:
+    """Write atomically: a half-written cache is never read back."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    tensors = {"latents": latents}
+    for prefix, group in (("cond", cond), ("null", null_cond), ("prompt", prompt_cond)):
+        tensors.update({f"{prefix}/{key}": value for key, value in group.items()})
+    save_file({key: value.detach().cpu().contiguous() for key, value in tensors.items()}, tmp / "data.safetensors")
+    (tmp / "manifest.json").write_text(json.dumps(dict(manifest, format=FORMAT), indent=2))
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another run wrote the same cache first: theirs is as good as ours
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_encoded(folder: Path, hold_out: bool = False) -> LatentDataset:
+    tensors = load_file(folder / "data.safetensors")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    groups = {"cond": {}, "null": {}, "prompt": {}}
+    for key, value in tensors.items():
+        if "/" in key:
+            prefix, name = key.split("/", 1)
+            groups[prefix][name] = value
+    latents = tensors["latents"]
+    if not len(latents):
+        raise ValueError(f"the encoded dataset in {folder} is empty")
+    null = groups["null"] or {key: torch.zeros_like(value[:1]) for key, value in groups["cond"].items()}
+    train_x, train_c, val_x, val_c, held_out = split(latents, groups["cond"], hold_out)
+    prompts = manifest.get("prompts") or []
+    prompt_cond = groups["prompt"]
+    if not prompt_cond:  # no encoded prompts: sample with the first examples' conditions
+        n = min(SAMPLE_PROMPTS, len(latents))
+        prompt_cond = {key: value[:n] for key, value in groups["cond"].items()}
+        prompts = (manifest.get("captions") or [""] * n)[:n]
+    return LatentDataset(
+        latents=train_x, cond=train_c, null_cond=null, val_latents=val_x, val_cond=val_c, held_out=held_out,
+        prompts=prompts, prompt_cond=prompt_cond,
+        info={"cache": str(folder), "examples": len(latents), "skipped": manifest.get("skipped", [])},
+    )
+
+
+def _read(example, media: str, config: TrainConfig, spec: PipelineSpec) -> torch.Tensor:
+    if media == "image":
+        return read_image(example.path, config.resolution, config.center_crop)
+    if media == "video":
+        return read_video(example.path, config.resolution, config.center_crop, config.num_frames)
+    return read_audio(example.path, spec.audio_sample_rate, config.audio_duration)
+
+
+def _stack_cond(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]} if parts else {}
+
+
+def load_pipeline(spec: PipelineSpec, config: TrainConfig, device: torch.device, dtype=None, **components):
+    """The family's pipeline from the local model directory, the given components replaced (None: not loaded)."""
+    model_dir = Path(config.pretrained_model_name_or_path).expanduser()
+    if not (model_dir / "model_index.json").is_file():
+        raise ValueError(
+            f"{model_dir} is not a diffusers pipeline directory (no model_index.json): encoding images needs the "
+            f"pipeline's VAE and text encoders. Point pretrained_model_name_or_path at the folder "
+            f"{spec.pipeline_class}.save_pretrained wrote, or set instance_data_dir to an already encoded folder"
+        )
+    pipe = pipeline_class(spec).from_pretrained(
+        str(model_dir), local_files_only=True, torch_dtype=dtype or weight_dtype(device), **spec.load_kwargs, **components
+    )
+    return pipe.to(device)
+
+
+def encode_folder(spec: PipelineSpec, media: str, config: TrainConfig, device: torch.device, log) -> LatentDataset:
+    """instance_data_dir → a LatentDataset, through the content-keyed cache."""
+    root = Path(config.instance_data_dir).expanduser()
+    if is_encoded_folder(root):
+        log(f"instance_data_dir {root} is an encoded dataset: using it as is")
+        return load_encoded(root)
+    examples = list_examples(root, media, config.caption_extension)
+    if not examples:
+        raise ValueError(
+            f"no {media} files in {root}: put the training {media} files there with same-named "
+            f"{config.caption_extension} captions"
+        )
+    missing = [e.path.name for e in examples if not e.caption_found]
+    if missing:
+        log(f"{len(missing)} file(s) have no {config.caption_extension} caption and train with an empty one: "
+            + ", ".join(missing[:10]) + (" …" if len(missing) > 10 else ""), level="warning")
+    model_dir = Path(config.pretrained_model_name_or_path).expanduser()
+    prompts = sample_prompts(config, [e.caption for e in examples])
+    key_parts = {
+        "family": config.model_family, "encoders": _model_fingerprint(model_dir, spec), "resolution": config.resolution,
+        "center_crop": config.center_crop, "num_frames": config.num_frames if media == "video" else None,
+        "audio_duration": config.audio_duration if media == "audio" else None,
+        "files": [[str(e.path.relative_to(root)), _file_digest(e.path), e.caption] for e in examples],
+        "prompts": prompts, "format": FORMAT,
+    }
+    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:24]
+    folder = cache_root(config) / config.model_family / key
+    if is_encoded_folder(folder):
+        log(f"using the encoded dataset cached in {folder}")
+        return load_encoded(folder)
+
+    log(f"encoding {len(examples)} {media} file(s) with the {spec.pipeline_class} encoders (cached in {folder})")
+    pipe = load_pipeline(spec, config, device, **{spec.model_component: None})
+    latents, conds, captions, skipped = [], [], [], []
+    batch, batch_captions = [], []
+
+    def flush():
+        if not batch:
+            return
+        with torch.no_grad():
+            media_batch = torch.stack(batch).to(device=device, dtype=weight_dtype(device))
+            latents.append(spec.encode_media(pipe, media_batch, config).float().cpu())
+            conds.append({k: v.cpu() for k, v in spec.encode_prompts(pipe, batch_captions, config).items()})
+        captions.extend(batch_captions)
+        batch.clear()
+        batch_captions.clear()
+
+    for i, example in enumerate(examples, 1):
+        try:
+            batch.append(_read(example, media, config, spec))
+            batch_captions.append(example.caption)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped and named, not fatal
+            skipped.append(f"{example.path.relative_to(root)}: {exc}")
+        if len(batch) == ENCODE_BATCH:
+            flush()
+        if i % 64 == 0:
+            log(f"encoded {i}/{len(examples)}")
+    flush()
+    if skipped:
+        log(f"skipped {len(skipped)} unreadable file(s): " + "; ".join(skipped[:10]) + (" …" if len(skipped) > 10 else ""),
+            level="warning")
+    if not latents:
+        raise ValueError(f"none of the {len(examples)} {media} file(s) in {root} could be read: see the skipped files above")
+    with torch.no_grad():
+        null_cond = {k: v.cpu() for k, v in spec.encode_prompts(pipe, [""], config).items()}
+        prompt_cond = {k: v.cpu() for k, v in spec.encode_prompts(pipe, prompts, config).items()}
+    del pipe
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    manifest = {"family": config.model_family, "captions": captions, "prompts": prompts, "skipped": skipped,
+                "source": str(root), "model": str(model_dir)}
+    save_encoded(folder, torch.cat(latents), _stack_cond(conds), null_cond, prompt_cond, manifest)
+    log(f"encoded {len(captions)} example(s); the encoders are freed")
+    return load_encoded(folder)
+
+
+def pipeline_data(spec: PipelineSpec, media: str = "image"):
+    """A family's ``load_data``: encode instance_data_dir with its pipeline (or read an encoded folder)."""
+
+    def load_data(config: TrainConfig, device: torch.device, log) -> LatentDataset:
+        return encode_folder(spec, media, config, device, log)
+
+    return load_data
+
+
+_SAMPLERS: dict[int, object] = {}
+
+
+def pipeline_sampler(spec: PipelineSpec):
+    """A family's ``sample``: the family's own pipeline around the model being trained, text encoders
+    left out (the prompts were encoded with the data), a fixed seed."""
+
+    def sample(config: TrainConfig, model, data: LatentDataset, device: torch.device, path: Path) -> Path | None:
+        from trainer.sampling import save_media
+
+        model_dir = Path(config.pretrained_model_name_or_path).expanduser()
+        if spec.generate is None or not (model_dir / "model_index.json").is_file() or not data.prompt_cond:
+            return None
+        pipe = _SAMPLERS.get(id(model))
+        if pipe is None:
+            dropped = {name: None for name in spec.text_components}
+            # fp32 components; the loop's autocast decides the compute precision
+            pipe = load_pipeline(spec, config, device, torch.float32, **{spec.model_component: model}, **dropped)
+            pipe.set_progress_bar_config(disable=True)
+            _SAMPLERS.clear()
+            _SAMPLERS[id(model)] = pipe
+        generator = torch.Generator(device=device).manual_seed(config.seed)
+        with torch.no_grad():
+            output = spec.generate(pipe, data.prompt_cond, data.null_cond, config, generator)
+        return save_media(output.float().cpu(), path, spec.audio_sample_rate)
+
+    return sample
