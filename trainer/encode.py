@@ -169,7 +169,7 @@ def load_pipeline(spec: PipelineSpec, config: TrainConfig, device: torch.device,
             f"{spec.pipeline_class}.save_pretrained wrote, or set instance_data_dir to an already encoded folder"
         )
     pipe = pipeline_class(spec).from_pretrained(
-        str(model_dir), local_files_only=True, torch_dtype=dtype or weight_dtype(device), **spec.load_kwargs, **components
+        str(model_dir), local_files_only=True, dtype=dtype or weight_dtype(device), **spec.load_kwargs, **components
     )
     return pipe.to(device)
 
