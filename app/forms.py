@@ -27,6 +27,16 @@ LABELS = {
     "model_family": "Model family",
     "pretrained_model_name_or_path": "Model directory",
     "resolution": "Resolution",
+    "model_type": "Model type",
+    "lora_rank": "LoRA rank",
+    "lora_alpha": "LoRA alpha",
+    "instance_data_dir": "Data folder",
+    "caption_extension": "Caption extension",
+    "center_crop": "Center crop",
+    "num_frames": "Frames per clip",
+    "audio_duration": "Seconds per clip",
+    "cache_dir": "Cache folder",
+    "validation_prompt": "Validation prompt",
     "max_train_steps": "Max train steps",
     "train_batch_size": "Batch size",
     "learning_rate": "Learning rate",
@@ -49,7 +59,7 @@ LABELS = {
     "adam_weight_decay": "Adam weight decay",
     "adam_epsilon": "Adam epsilon",
     "max_grad_norm": "Max grad norm",
-    "caption_dropout_probability": "Label dropout probability",
+    "caption_dropout_probability": "Caption dropout probability",
     "ema_decay": "EMA decay",
     "validation_num_inference_steps": "Sampler steps",
     "validation_guidance": "Guidance scale",
@@ -75,7 +85,10 @@ HELP = {
     "layersync_teacher_block": "A deeper block: 16 on 24-layer models; on shorter stacks keep the teacher a few "
     "blocks deeper than the student. Empty: the student block, and LayerSync does nothing.",
     "layersync_lambda": f"Scales the LayerSync term; must be above 0. Leave it at {LAYERSYNC_DEFAULT_LAMBDA:g} if unsure.",
-    "pretrained_model_name_or_path": "A local folder written by save_pretrained. Empty: the family's built-in model.",
+    "pretrained_model_name_or_path": "A local diffusers pipeline folder (what save_pretrained writes). Empty: the "
+    "demo's built-in model.",
+    "instance_data_dir": "A folder of images (videos, audio) with same-named .txt captions, encoded once and cached. "
+    "Empty for the demo: the built-in digits.",
     "learning_rate": "Peak AdamW learning rate. Empty: the family's default (1e-3 for the demo, trained from scratch).",
 }
 
@@ -102,7 +115,7 @@ class Section:
 def _kind(key: str) -> tuple[str, list[tuple[str, str]]]:
     """The input kind of a schema key, read from its type annotation."""
     if key == "model_family":
-        return "select", [(name, family.label) for name, family in FAMILIES.items()]
+        return "select", [(name, family.label) for name, family in FAMILIES.items() if family.unsupported is None]
     annotation = FIELDS[key].annotation
     if typing.get_origin(annotation) is typing.Literal:
         return "select", [(value, value) for value in typing.get_args(annotation)]
@@ -124,13 +137,17 @@ def _section(id: str, title: str, keys: list[str], **kwargs) -> Section:
 
 
 SECTIONS = [
-    _section("model", "Model", ["model_family", "pretrained_model_name_or_path", "resolution"]),
+    _section(
+        "model", "Model",
+        ["model_family", "pretrained_model_name_or_path", "model_type", "lora_rank", "lora_alpha", "resolution"],
+    ),
     _section(
         "data",
         "Data",
-        [],
-        note="The built-in digits (scikit-learn's handwritten digits, ten classes, no download) are the only "
-        "dataset for now; more will come with more model families.",
+        ["instance_data_dir", "caption_extension", "center_crop", "num_frames", "audio_duration", "cache_dir",
+         "validation_prompt"],
+        note="The demo family trains on the built-in digits (scikit-learn's handwritten digits, no download). "
+        "Every other family encodes the data folder once with its pipeline's VAE and text encoders.",
     ),
     _section(
         "training",

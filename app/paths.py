@@ -12,6 +12,8 @@ from trainer.config import ConfigError
 
 MODEL_KEY = "pretrained_model_name_or_path"
 RESUME_KEY = "resume_from_checkpoint"
+DATA_KEY = "instance_data_dir"
+CACHE_KEY = "cache_dir"
 
 
 def inside(root: Path, path: str | Path) -> Path | None:
@@ -46,20 +48,29 @@ def check_client_paths(config: object, *, model_roots: Sequence[Path], runs_dir:
     if not isinstance(config, dict):
         return config  # the schema says what is wrong with the body
     config, errors = dict(config), []
-    model = config.get(MODEL_KEY)
-    if isinstance(model, str) and model.strip():
-        target = inside_any(model_roots, model.strip())
+    for key, what in ((MODEL_KEY, "model directory"), (DATA_KEY, "data folder")):
+        value = config.get(key)
+        if not (isinstance(value, str) and value.strip()):
+            continue
+        target = inside_any(model_roots, value.strip())
         if target is not None:
-            config[MODEL_KEY] = str(target)
+            config[key] = str(target)
         elif model_roots:
             allowed = ", ".join(str(root) for root in model_roots)
-            errors.append((MODEL_KEY, f"model directory {model!r} is outside the model folders this server allows "
-                                      f"({allowed}): put the model in one of them, or add its folder to the server's "
-                                      "LAYERSYNC_MODEL_ROOTS setting"))
+            errors.append((key, f"{what} {value!r} is outside the folders this server allows ({allowed}): put it in "
+                                "one of them, or add its folder to the server's LAYERSYNC_MODEL_ROOTS setting"))
         else:
-            errors.append((MODEL_KEY, f"model directory {model!r} is not allowed: this server lets the web app use "
-                                      "the built-in models only; leave the field empty, or list the allowed folders "
-                                      "in the server's LAYERSYNC_MODEL_ROOTS setting (e.g. '[\"/models\"]')"))
+            errors.append((key, f"{what} {value!r} is not allowed: this server lets the web app use the built-in "
+                                "model and data only; leave the field empty, or list the allowed folders in the "
+                                "server's LAYERSYNC_MODEL_ROOTS setting (e.g. '[\"/models\"]')"))
+    cache = config.get(CACHE_KEY)
+    if isinstance(cache, str) and cache.strip():
+        target = inside_any([*model_roots, runs_dir.parent], cache.strip())
+        if target is not None:
+            config[CACHE_KEY] = str(target)
+        else:
+            errors.append((CACHE_KEY, f"cache folder {cache!r} is outside this server's data folder and model folders: "
+                                      "leave it empty for the default, or choose a folder inside them"))
     checkpoint = config.get(RESUME_KEY)
     if isinstance(checkpoint, str) and checkpoint.strip() not in ("", "latest"):
         target = inside(runs_dir, checkpoint.strip())

@@ -220,10 +220,11 @@ def log_tail(output_dir: str | Path, n: int = 100) -> list[str]:
 
 
 def latest_sample(output_dir: str | Path) -> str | None:
-    """The newest sample grid, relative to the run folder (``samples/step_<n>.png``), or None."""
+    """The newest sample (a PNG grid, or a WAV for audio families), relative to the run folder
+    (``samples/step_<n>.png``), or None."""
     steps = []
-    for path in (Path(output_dir) / "samples").glob("step_*.png"):
-        match = re.fullmatch(r"step_(\d+)\.png", path.name)
+    for path in (Path(output_dir) / "samples").glob("step_*.*"):
+        match = re.fullmatch(r"step_(\d+)\.(png|wav)", path.name)
         if match:
             steps.append((int(match[1]), path))
     return str(max(steps)[1].relative_to(output_dir)) if steps else None

@@ -38,7 +38,10 @@ def families() -> list[dict]:
     """The model families; ``depth`` is the built-in model's block count (None without one)."""
     return [
         {"name": family.name, "label": family.label, "description": family.description,
-         "depth": _builtin_depth(family), "default_learning_rate": family.default_learning_rate}
+         "diffusers_class": family.diffusers_class, "media": family.media, "aliases": list(family.aliases),
+         "depth": _builtin_depth(family), "default_learning_rate": family.default_learning_rate,
+         "resolution_multiple": family.resolution_multiple,
+         "supported": family.unsupported is None, "unsupported": family.unsupported}
         for family in FAMILIES.values()
     ]
 

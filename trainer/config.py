@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from trainer.families import FAMILIES, ModelDirError, find_family, model_depth, supported_families
+from trainer.families import FAMILIES, ModelDirError, find_family, model_config, model_depth, supported_families
 
 LAYERSYNC_DEFAULT_LAMBDA = 0.2
 
@@ -197,8 +197,14 @@ class TrainConfig(BaseModel):
         except ModelDirError as exc:
             raise FieldProblem("pretrained_model_name_or_path", str(exc)) from exc
         for student, teacher in self.pairs():
-            resolve_block_index(student, depth, "student")
-            resolve_block_index(teacher, depth, "teacher")
+            s = resolve_block_index(student, depth, "student")
+            t = resolve_block_index(teacher, depth, "teacher")
+            # where blocks differ in shape (a UNet's levels), the family says now, before any step, which pairs fit
+            problem = family.check_pair and family.check_pair(
+                model_config(family, self.pretrained_model_name_or_path), s, t, self.resolution
+            )
+            if problem:
+                raise FieldProblem("layersync_teacher_block", problem)
         return self
 
     def pairs(self) -> list[tuple[int, int]]:
@@ -218,6 +224,9 @@ class TrainConfig(BaseModel):
         notes = []
         if not self.layersync_enabled and (self.layersync_student_block or self.layersync_teacher_block):
             notes.append("LayerSync blocks are set but LayerSync is off (layersync_enabled=false): they are ignored")
+        family = find_family(self.model_family)
+        if family.builtin_config is not None and self.instance_data_dir:
+            notes.append(f"instance_data_dir is ignored: the {family.label} trains on its built-in data")
         depth = None
         if self.layersync_enabled:
             depth = model_depth(find_family(self.model_family), self.pretrained_model_name_or_path)

@@ -168,7 +168,10 @@ def _run_context(run) -> dict:
 
 def _sample(run) -> dict | None:
     url = latest_sample_url(run) if run.output_dir else None
-    return {"url": url, "name": url.rsplit("/", 1)[-1]} if url else None
+    if not url:
+        return None
+    name = url.rsplit("/", 1)[-1]
+    return {"url": url, "name": name, "audio": name.endswith(".wav")}
 
 
 def _run_view(request: Request, session, run_id: int, template: str, **extra) -> HTMLResponse:

@@ -132,12 +132,15 @@ def test_runs_survive_a_restart(settings):
 def test_health_families_and_schema(client):
     health = client.get("/api/health").json()
     assert health["status"] == "ok" and health["slots"] == [] and health["queued"] == 0
-    (demo,) = client.get("/api/families").json()
-    assert demo["name"] == "demo" and demo["depth"] == 16
+    families = {family["name"]: family for family in client.get("/api/families").json()}
+    assert families["demo"]["depth"] == 16 and families["demo"]["supported"]
+    assert families["flux"] == {**families["flux"], "depth": None, "diffusers_class": "FluxTransformer2DModel", "supported": True}
+    assert families["wan"]["media"] == "video" and families["ace_step"]["media"] == "audio"
+    assert not families["stable_cascade"]["supported"] and "no transformer blocks" in families["stable_cascade"]["unsupported"]
     fields = {field["key"]: field for field in client.get("/api/schema").json()}
     assert fields["layersync_enabled"] == {**fields["layersync_enabled"], "type": "boolean", "default": False}
     assert fields["lr_scheduler"]["choices"] == ["constant", "constant_with_warmup", "linear", "cosine"]
-    assert fields["layersync_lambda"]["nullable"] and fields["resolution"]["maximum"] == 64
+    assert fields["layersync_lambda"]["nullable"] and fields["resolution"]["maximum"] == 4096
     assert "docs" in client.get("/docs").text.lower() and "/api/runs" in json.dumps(client.get("/openapi.json").json())
 
 

@@ -96,10 +96,26 @@ def test_models_outside_the_roots_are_refused_by_the_field(rooted, tmp_path):
         response = rooted.post("/api/runs", json={MODEL_KEY: sent})
         assert response.status_code == 422, sent
         [error] = response.json()["detail"]
-        assert error["loc"] == ["body", MODEL_KEY] and "outside the model folders" in error["msg"]
+        assert error["loc"] == ["body", MODEL_KEY] and "outside the folders this server allows" in error["msg"]
         assert "LAYERSYNC_MODEL_ROOTS" in error["msg"]
     form = rooted.post("/runs/new", data={MODEL_KEY: str(outside)})
-    assert form.status_code == 422 and "outside the model folders this server allows" in form.text
+    assert form.status_code == 422 and "outside the folders this server allows" in form.text
+
+
+def test_data_and_cache_folders_are_contained_too(rooted, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (tmp_path / "models" / "images").mkdir(parents=True)
+    response = rooted.post("/api/runs", json={"instance_data_dir": str(outside)})
+    [error] = response.json()["detail"]
+    assert response.status_code == 422 and error["loc"] == ["body", "instance_data_dir"]
+    assert "data folder" in error["msg"] and "LAYERSYNC_MODEL_ROOTS" in error["msg"]
+    response = rooted.post("/api/runs", json={"cache_dir": "/etc/cron.d"})
+    [error] = response.json()["detail"]
+    assert response.status_code == 422 and error["loc"] == ["body", "cache_dir"] and "leave it empty" in error["msg"]
+    # inside the roots: accepted by the path check and resolved (the schema then judges the rest)
+    response = rooted.post("/api/runs", json={"instance_data_dir": "images", "cache_dir": str(tmp_path / "data" / "cache")})
+    assert all(e["loc"][-1] not in ("instance_data_dir", "cache_dir") for e in response.json().get("detail", []))
 
 
 def test_a_checkpoint_must_be_one_of_the_servers_runs(client, settings):
