@@ -41,7 +41,7 @@ def bare_loop(model_dir, steps, batch_size, resolution, lr, autocast_dtype, chec
     if checkpointing:
         model.enable_gradient_checkpointing()
     data = load_digits_dataset(resolution)
-    images, labels = data.train_images.to(device), data.train_labels.to(device)
+    images, labels = data.latents.to(device), data.cond["class_labels"].to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, fused=device.type == "cuda")
     amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     times, start = [], time.perf_counter()
@@ -49,12 +49,12 @@ def bare_loop(model_dir, steps, batch_size, resolution, lr, autocast_dtype, chec
         index = torch.randint(len(images), (batch_size,), device=device)
         x1, y = images[index], labels[index]
         y = torch.where(torch.rand(batch_size, device=device) < 0.1, model.config.num_classes, y)  # CFG label drop
-        x0 = torch.randn_like(x1)
-        t = torch.rand(batch_size, device=device)
-        x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * x1
+        noise = torch.randn_like(x1)
+        sigma = torch.rand(batch_size, device=device)
+        x_t = (1 - sigma.view(-1, 1, 1, 1)) * x1 + sigma.view(-1, 1, 1, 1) * noise
         with amp:
-            pred = model(x_t, t * 1000, y)
-        loss = F.mse_loss(pred.float(), x1 - x0)
+            pred = model(x_t, sigma * 1000, y)
+        loss = F.mse_loss(pred.float(), noise - x1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

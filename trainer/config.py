@@ -170,7 +170,8 @@ class TrainConfig(BaseModel):
             raise FieldProblem(
                 "resolution",
                 f"resolution {self.resolution} is not a multiple of {multiple} ({family.label}'s VAE and patch size): "
-                f"use {max(multiple, self.resolution // multiple * multiple)} or {(self.resolution // multiple + 1) * multiple}",
+                "use " + (f"{multiple}" if self.resolution < multiple
+                          else f"{self.resolution // multiple * multiple} or {(self.resolution // multiple + 1) * multiple}"),
             )
         if family.builtin_config is not None and self.pretrained_model_name_or_path is None and self.resolution > 64:
             raise FieldProblem("resolution", f"the built-in demo model trains at up to 64 px, got {self.resolution}")

@@ -20,7 +20,13 @@ def _index(cond: dict[str, torch.Tensor], index) -> dict[str, torch.Tensor]:
 
 
 def _move(cond: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
-    return {key: value.to(device, non_blocking=True) for key, value in cond.items()}
+    """To ``device``; floating tensors as fp32 (caches may hold bf16 from GPU encoders; autocast picks
+    the compute precision, and the models' own fp32 ops must not meet bf16 inputs)."""
+    return {key: _float(value.to(device, non_blocking=True)) for key, value in cond.items()}
+
+
+def _float(value: torch.Tensor) -> torch.Tensor:
+    return value.float() if value.is_floating_point() else value
 
 
 def _nbytes(*tensors_or_dicts) -> int:
@@ -66,7 +72,7 @@ class LatentDataset:
         """A random batch (with replacement); the generator decides, so (seed, step) fixes it."""
         index = torch.randint(len(self.latents), (size,), generator=generator, device=generator.device)
         index = index.to(self.latents.device)
-        return self.latents[index].to(self.device, non_blocking=True), _move(_index(self.cond, index), self.device)
+        return _float(self.latents[index].to(self.device, non_blocking=True)), _move(_index(self.cond, index), self.device)
 
     def drop(self, cond: dict[str, torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Replace the condition of the examples where ``mask`` is true by the null condition."""
@@ -81,7 +87,7 @@ class LatentDataset:
         """The held-out (or fixed evaluation) examples in order, on the device."""
         for start in range(0, len(self.val_latents), size):
             index = slice(start, start + size)
-            yield self.val_latents[index].to(self.device), _move(_index(self.val_cond, index), self.device)
+            yield _float(self.val_latents[index].to(self.device)), _move(_index(self.val_cond, index), self.device)
 
 
 def split(latents, cond, hold_out: bool, seed: int = 1234) -> tuple:
