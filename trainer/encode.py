@@ -155,6 +155,12 @@ def _read(example, media: str, config: TrainConfig, spec: PipelineSpec) -> torch
     return read_audio(example.path, spec.audio_sample_rate, config.audio_duration)
 
 
+def _stored(cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Conditioning as the cache keeps it: on the CPU, floats in fp32 like the latents (a GPU encodes in
+    bf16, and a run without autocast feeds the cache to an fp32 model)."""
+    return {k: (v.float() if v.is_floating_point() else v).cpu() for k, v in cond.items()}
+
+
 def _stack_cond(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {key: torch.cat([part[key] for part in parts]) for key in parts[0]} if parts else {}
 
@@ -216,7 +222,7 @@ def encode_folder(spec: PipelineSpec, media: str, config: TrainConfig, device: t
         with torch.no_grad():
             media_batch = torch.stack(batch).to(device=device, dtype=weight_dtype(device))
             latents.append(spec.encode_media(pipe, media_batch, config).float().cpu())
-            conds.append({k: v.cpu() for k, v in spec.encode_prompts(pipe, batch_captions, config).items()})
+            conds.append(_stored(spec.encode_prompts(pipe, batch_captions, config)))
         captions.extend(batch_captions)
         batch.clear()
         batch_captions.clear()
@@ -238,8 +244,8 @@ def encode_folder(spec: PipelineSpec, media: str, config: TrainConfig, device: t
     if not latents:
         raise ValueError(f"none of the {len(examples)} {media} file(s) in {root} could be read: see the skipped files above")
     with torch.no_grad():
-        null_cond = {k: v.cpu() for k, v in spec.encode_prompts(pipe, [""], config).items()}
-        prompt_cond = {k: v.cpu() for k, v in spec.encode_prompts(pipe, prompts, config).items()}
+        null_cond = _stored(spec.encode_prompts(pipe, [""], config))
+        prompt_cond = _stored(spec.encode_prompts(pipe, prompts, config))
     del pipe
     gc.collect()
     if device.type == "cuda":
