@@ -20,6 +20,8 @@ class Family:
     implementation: str  # "module:attribute" of the torch half
     depth_keys: tuple[str, ...] = ()  # keys of the transformer's config.json whose values add up to the block count
     count_blocks: Callable[[dict], int] | None = None  # instead of depth_keys, when the count needs arithmetic
+    # (model config, student, teacher (0-based), resolution) → why that pair's hidden states cannot be compared
+    check_pair: Callable[[dict, int, int, int], str | None] | None = None
     diffusers_class: str = ""  # the transformer's class in diffusers
     media: str = "image"  # what instance_data_dir holds: image, video or audio
     builtin_config: dict | None = None  # config of the built-in model, when the family has one
@@ -29,24 +31,73 @@ class Family:
     aliases: tuple[str, ...] = ()  # other names users know it by (SimpleTuner's model_family values)
 
 
+def _per_layer(depth, layers: int) -> list[int]:
+    """transformer_layers_per_block of one UNet block → the depth of each of its ``layers`` attentions."""
+    return [depth] * layers if isinstance(depth, int) else list(depth)[:layers]
+
+
+def unet_blocks(config: dict) -> list[tuple[str, int]]:
+    """The transformer blocks of a UNet2DConditionModel in execution order (down, mid, up), each as
+    (where it sits, its level: 0 at the full latent resolution, one more per downsampling)."""
+    down_types = config["down_block_types"]  # a KeyError: not a UNet's config (model_depth says so)
+    up_types = config.get("up_block_types") or []
+    n = len(down_types)
+    depth = config.get("transformer_layers_per_block", 1)
+    depth = depth if isinstance(depth, list) else [depth] * n
+    layers = config.get("layers_per_block", 2)
+    layers = layers if isinstance(layers, list) else [layers] * n
+    up_depth = config.get("reverse_transformer_layers_per_block") or list(reversed(depth))
+    found = []
+    for i, kind in enumerate(down_types):
+        if kind == "CrossAttnDownBlock2D":  # the Simple* variants use plain attention, no transformer blocks
+            found += [(f"down block {i}", i)] * sum(_per_layer(depth[i], layers[i]))
+    if config.get("mid_block_type", "UNetMidBlock2DCrossAttn") == "UNetMidBlock2DCrossAttn":
+        found += [("mid block", n - 1)] * sum(_per_layer(depth[-1], 1))
+    for i, kind in enumerate(up_types):
+        if kind == "CrossAttnUpBlock2D":  # up block i runs at down block n-1-i's level, with one layer more
+            found += [(f"up block {i}", n - 1 - i)] * sum(_per_layer(up_depth[i], layers[n - 1 - i] + 1))
+    return found
+
+
 def unet_transformer_blocks(config: dict) -> int:
     """Transformer blocks of a UNet2DConditionModel, counted in execution order (down, mid, up)."""
-    down_types = config.get("down_block_types") or []
-    up_types = config.get("up_block_types") or []
-    per_block = config.get("transformer_layers_per_block", 1)
-    layers = config.get("layers_per_block", 2)
-    n = len(down_types)
-    per_down = per_block if isinstance(per_block, list) else [per_block] * n
-    per_down = [p if isinstance(p, int) else (p[0] if p else 0) for p in per_down]
-    layers_down = layers if isinstance(layers, list) else [layers] * n
-    reverse = config.get("reverse_transformer_layers_per_block")
-    per_up = list(reversed(per_down)) if reverse is None else [r if isinstance(r, int) else len(r) for r in reverse]
-    layers_up = [l + 1 for l in reversed(layers_down)]
-    total = sum(l * p for t, l, p in zip(down_types, layers_down, per_down) if "CrossAttn" in t)
-    if "CrossAttn" in (config.get("mid_block_type") or "UNetMidBlock2DCrossAttn"):
-        total += per_down[-1] if per_down else 0
-    total += sum(l * p for t, l, p in zip(up_types, layers_up, per_up) if "CrossAttn" in t)
-    return total
+    return len(unet_blocks(config))
+
+
+def unet_pair_problem(config: dict, student: int, teacher: int, resolution: int) -> str | None:
+    """Why a UNet's student and teacher (0-based) cannot be compared, or None. LayerSync compares tokens
+    one to one, so both blocks must sit at the same level: the same width and the same number of tokens."""
+    blocks = unet_blocks(config)
+    widths = config.get("block_out_channels") or []
+    if not widths or blocks[student][1] == blocks[teacher][1]:
+        return None
+
+    def shape(index: int) -> str:
+        where, level = blocks[index]
+        side = resolution // 8  # the VAE's factor; each downsampling halves the side, rounding up
+        for _ in range(level):
+            side = -(-side // 2)
+        return f"block {index + 1} ({where}) gives (B, {side * side}, {widths[level]}) hidden states"
+
+    same_level = [i + 1 for i, (_, level) in enumerate(blocks) if level == blocks[student][1] and i != student]
+    advice = (f"choose a teacher among blocks {_ranges(same_level)}" if same_level
+              else "no other block sits at the student's level: choose another student")
+    return (
+        f"student {shape(student)} but teacher {shape(teacher)}: LayerSync compares them token by token, so both "
+        f"must sit at the same level of the UNet; {advice}"
+    )
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[2, 3, 4, 9] → "2–4, 9"."""
+    parts, start = [], None
+    for i, n in enumerate(numbers):
+        if start is None:
+            start = n
+        if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
+            parts.append(f"{start}–{n}" if n > start else f"{n}")
+            start = None
+    return ", ".join(parts)
 
 
 DEMO_MODEL_CONFIG = {
@@ -92,7 +143,8 @@ FAMILIES: dict[str, Family] = {
     "sd3": _family("sd3", "Stable Diffusion 3 / 3.5", "SD3Transformer2DModel", "MMDiT joint blocks."),
     "sdxl": _family("sdxl", "Stable Diffusion XL", "UNet2DConditionModel",
                     "The UNet's transformer blocks numbered in execution order (down, mid, up).",
-                    depth=(), count_blocks=unet_transformer_blocks, resolution_multiple=8),
+                    depth=(), count_blocks=unet_transformer_blocks, check_pair=unet_pair_problem,
+                    resolution_multiple=8),
     "sana": _family("sana", "Sana", "SanaTransformer2DModel", "Linear-attention DiT blocks.", resolution_multiple=32),
     "qwen_image": _family("qwen_image", "Qwen Image / Qwen Image Edit", "QwenImageTransformer2DModel",
                           "Dual-stream MMDiT blocks.", aliases=("qwen_image_edit",)),
@@ -104,7 +156,8 @@ FAMILIES: dict[str, Family] = {
                         depth=("num_mmdit_layers", "num_single_dit_layers")),
     "longcat": _family("longcat", "LongCat Image", "LongCatImageTransformer2DModel", "Double-stream then single-stream blocks.",
                        depth=("num_layers", "num_single_layers")),
-    "z_image": _family("z_image", "Z-Image", "ZImageTransformer2DModel", "Single-stream DiT layers.", depth=("n_layers",)),
+    "z_image": _family("z_image", "Z-Image", "ZImageTransformer2DModel",
+                         "Single-stream DiT layers (the refiners before them are not numbered).", depth=("n_layers",)),
     "lumina2": _family("lumina2", "Lumina 2", "Lumina2Transformer2DModel",
                        "Joint caption+image layers; the caption tokens are sliced off."),
     "omnigen": _family("omnigen", "OmniGen", "OmniGenTransformer2DModel", "Phi-3-style layers over text and image tokens."),
@@ -116,11 +169,13 @@ FAMILIES: dict[str, Family] = {
                         media="video", resolution_multiple=32),
     "kandinsky5_video": _family("kandinsky5_video", "Kandinsky 5 Video", "Kandinsky5Transformer3DModel",
                                 "Visual transformer blocks.", depth=("num_visual_blocks",), media="video"),
-    "cosmos": _family("cosmos", "Cosmos", "CosmosTransformer3DModel", "Video DiT blocks.", media="video"),
+    "cosmos": _family("cosmos", "Cosmos-Predict2", "CosmosTransformer3DModel",
+                      "Video DiT blocks of Cosmos-Predict2 (Cosmos 1.0's EDM models are refused).", media="video"),
     "ace_step": _family("ace_step", "ACE-Step (audio)", "AceStepTransformer1DModel", "Audio DiT blocks.", media="audio",
-                        resolution_multiple=1),
+                        depth=("num_hidden_layers",), resolution_multiple=1),
     "kolors": _family("kolors", "Kolors", "UNet2DConditionModel", "SDXL's UNet with a ChatGLM text encoder.",
-                      depth=(), count_blocks=unet_transformer_blocks, resolution_multiple=8),
+                      depth=(), count_blocks=unet_transformer_blocks, check_pair=unet_pair_problem,
+                      resolution_multiple=8),
     "kandinsky5_image": _family("kandinsky5_image", "Kandinsky 5 Image", "Kandinsky5Transformer3DModel",
                                 "The Kandinsky 5 transformer used for single images.", depth=("num_visual_blocks",)),
     "stable_cascade": _family(

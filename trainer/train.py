@@ -163,6 +163,9 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        # cuDNN's fused attention failed in bf16 Flux training on an H100 (torch 2.11: "mha_graph.execute(...)
+        # is_good() ... false"); the flash and memory-efficient kernels train the same models without it
+        torch.backends.cuda.enable_cudnn_sdp(False)
     autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
 
