@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from tests.trainer.families.pipeline_checks import train_from_an_image_folder_twice, transformer_calls
-from tests.trainer.families.tiny_unet import small_cpu  # noqa: F401 (autouse)
 from tests.utils.families import check_layersync_gradients, train_few_steps, write_encoded_dataset
 from tests.utils.tiny_pipelines import WORDS, image_folder
 from trainer.config import validate_config

@@ -1,22 +1,8 @@
-"""What the UNet families' tests (SDXL, Kolors) share: a tiny SDXL-style UNet, and CPU settings for tiny models."""
+"""What the UNet families' tests (SDXL, Kolors) share: a tiny SDXL-style UNet."""
 
-import pytest
 import torch
 
 TEXT_DIM, POOLED = 64, 32  # the UNet's cross-attention width; the pooled text embedding's
-
-
-@pytest.fixture(autouse=True)
-def small_cpu():
-    """Tiny models on a small shared CPU: one thread (several spend most of a tiny op waiting on each other,
-    10× slower here), and plain convolutions (oneDNN's take ~300× longer at these sizes)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.backends.mkldnn.flags(enabled=False):
-            yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def tiny_unet(**overrides):
