@@ -80,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         return serve_main(argv[1:])
     if argv[0] == "families":
         for family in FAMILIES.values():
-            print(f"{family.name:14s} {family.label}")
+            media = "" if family.media == "image" or family.media in family.label else f" ({family.media})"
+            if family.unsupported:
+                print(f"{family.name:17s} {family.label}: not trainable with LayerSync ({family.unsupported})")
+            else:
+                print(f"{family.name:17s} {family.label}{media} — {family.diffusers_class}")
         return 0
     return train_main(argv[1:])
 

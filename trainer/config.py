@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from trainer.families import FAMILIES, ModelDirError, find_family, model_config, model_depth, supported_families
+from trainer.families import ModelDirError, find_family, model_config, model_depth, supported_families
 
 LAYERSYNC_DEFAULT_LAMBDA = 0.2
 

@@ -216,7 +216,7 @@ def encode_folder(spec: PipelineSpec, media: str, config: TrainConfig, device: t
     latents, conds, captions, skipped = [], [], [], []
     batch, batch_captions = [], []
 
-    def flush():
+    def flush(pipe):
         if not batch:
             return
         with torch.no_grad():
@@ -234,10 +234,10 @@ def encode_folder(spec: PipelineSpec, media: str, config: TrainConfig, device: t
         except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped and named, not fatal
             skipped.append(f"{example.path.relative_to(root)}: {exc}")
         if len(batch) == ENCODE_BATCH:
-            flush()
+            flush(pipe)
         if i % 64 == 0:
             log(f"encoded {i}/{len(examples)}")
-    flush()
+    flush(pipe)
     if skipped:
         log(f"skipped {len(skipped)} unreadable file(s): " + "; ".join(skipped[:10]) + (" …" if len(skipped) > 10 else ""),
             level="warning")

@@ -25,7 +25,9 @@ def test_import_app_main_does_not_import_torch_or_diffusers():
 
 def test_families_and_unknown_commands(capsys):
     assert main(["families"]) == 0
-    assert capsys.readouterr().out.startswith("demo ")
+    out = capsys.readouterr().out
+    assert out.startswith("demo ") and "flux              Flux / Flux Kontext — FluxTransformer2DModel" in out
+    assert "stable_cascade    Stable Cascade: not trainable with LayerSync" in out
     assert main(["trian"]) == 2
     assert "unknown command 'trian': choose one of serve, train, families" in capsys.readouterr().err
 

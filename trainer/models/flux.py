@@ -6,8 +6,6 @@ Latents are stored unpacked (B, C, H, W), scaled and shifted as FluxPipeline inv
 packed into 2×2 patches inside ``predict``, as the pipeline does.
 """
 
-from pathlib import Path
-
 import torch
 
 from trainer.capture import Block, tuple_element

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from tests.trainer.families.tiny_unet import POOLED, TEXT_DIM, tiny_unet
+from tests.trainer.families.tiny_unet import POOLED, tiny_unet
 from tests.utils.families import check_layersync_gradients, train_few_steps, write_encoded_dataset
 from tests.utils.tiny_pipelines import WORDS, image_folder, vae
 from trainer.config import ConfigError, validate_config
