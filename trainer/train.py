@@ -160,6 +160,9 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
     if device.type == "cpu" and autocast_dtype is not None:
         events.log(f"mixed_precision {config.mixed_precision} is for GPUs: training in fp32 on the CPU", "warning")
         autocast_dtype = None
+    if autocast_dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        events.log("mixed_precision bf16: this GPU has no bf16, training in fp16 with loss scaling instead", "warning")
+        autocast_dtype = torch.float16
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
