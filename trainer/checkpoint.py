@@ -79,7 +79,14 @@ def load_checkpoint(path: Path, model, optimizer, ema=None, scaler=None) -> int:
     else:
         if is_lora(model):
             raise ValueError(f"{path} holds full weights but this run trains a LoRA: set model_type to full")
-        model.load_state_dict(load_file(path / "transformer" / "diffusion_pytorch_model.safetensors", device=device))
+        # every shard (save_pretrained splits models over 10 GB), read on the CPU: no second copy on the GPU
+        shards = sorted((path / "transformer").glob("*.safetensors"))
+        if not shards:
+            raise FileNotFoundError(f"{path}/transformer holds no .safetensors weights: the checkpoint is incomplete")
+        weights = {}
+        for shard in shards:
+            weights.update(load_file(shard, device="cpu"))
+        model.load_state_dict(weights, strict=True)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=next(model.parameters()).device, weights_only=True))
     if ema is not None:
         ema_file = path / "ema.safetensors"

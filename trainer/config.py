@@ -165,6 +165,16 @@ class TrainConfig(BaseModel):
             )
         if self.instance_data_dir is not None and not Path(self.instance_data_dir).expanduser().is_dir():
             raise FieldProblem("instance_data_dir", f"instance_data_dir {self.instance_data_dir!r} is not a folder: check the path")
+        if not self.caption_extension.startswith(".") or len(self.caption_extension) < 2:
+            raise FieldProblem("caption_extension", f"caption_extension must start with a dot, like .txt; got {self.caption_extension!r}")
+        factor = family.temporal_factor
+        encoded = self.instance_data_dir is not None and (Path(self.instance_data_dir).expanduser() / "manifest.json").is_file()
+        if factor and not encoded and (self.num_frames - 1) % factor:
+            lower = (self.num_frames - 1) // factor * factor + 1
+            raise FieldProblem("num_frames", (
+                f"num_frames {self.num_frames} does not fit the VAE of {family.label}, which needs {factor}k+1 frames: "
+                f"use {lower} or {lower + factor}"
+            ))
         multiple = family.resolution_multiple
         if self.resolution % multiple:
             raise FieldProblem(

@@ -184,6 +184,12 @@ def encode_folder(spec: PipelineSpec, media: str, config: TrainConfig, device: t
     """instance_data_dir → a LatentDataset, through the content-keyed cache."""
     root = Path(config.instance_data_dir).expanduser()
     if is_encoded_folder(root):
+        family = json.loads((root / "manifest.json").read_text()).get("family")
+        if family and family != config.model_family:
+            raise ValueError(
+                f"instance_data_dir {root} was encoded for model family {family!r}, not {config.model_family!r}: its "
+                f"latents and text embeddings only fit {family}; give the image folder instead, or set model_family to {family}"
+            )
         log(f"instance_data_dir {root} is an encoded dataset: using it as is")
         return load_encoded(root)
     examples = list_examples(root, media, config.caption_extension)
@@ -267,6 +273,11 @@ def pipeline_data(spec: PipelineSpec, media: str = "image"):
 
 
 _SAMPLERS: dict[int, object] = {}
+
+
+def release_samplers() -> None:
+    """Drop the validation pipelines (and the model and VAE they hold) once a run ends."""
+    _SAMPLERS.clear()
 
 
 def pipeline_sampler(spec: PipelineSpec):

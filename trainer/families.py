@@ -28,6 +28,7 @@ class Family:
     default_learning_rate: float = 1e-4  # fine-tuning rate; a family trained from scratch sets its own
     resolution_multiple: int = 16  # resolution must be a multiple of this (VAE factor × patch size)
     unsupported: str | None = None  # why LayerSync cannot train this family (refused at submit time)
+    temporal_factor: int | None = None  # video VAEs: clips must have temporal_factor·k + 1 frames
     aliases: tuple[str, ...] = ()  # other names users know it by (SimpleTuner's model_family values)
 
 
@@ -161,16 +162,16 @@ FAMILIES: dict[str, Family] = {
     "lumina2": _family("lumina2", "Lumina 2", "Lumina2Transformer2DModel",
                        "Joint caption+image layers; the caption tokens are sliced off."),
     "omnigen": _family("omnigen", "OmniGen", "OmniGenTransformer2DModel", "Phi-3-style layers over text and image tokens."),
-    "wan": _family("wan", "Wan (video)", "WanTransformer3DModel", "Video DiT blocks.", media="video"),
+    "wan": _family("wan", "Wan (video)", "WanTransformer3DModel", "Video DiT blocks.", media="video", temporal_factor=4),
     "hunyuan_video": _family("hunyuan_video", "Hunyuan Video", "HunyuanVideoTransformer3DModel",
                              "Double-stream then single-stream blocks (the token refiner is not numbered).",
-                             depth=("num_layers", "num_single_layers"), media="video"),
+                             depth=("num_layers", "num_single_layers"), media="video", temporal_factor=4),
     "ltxvideo": _family("ltxvideo", "LTX-Video", "LTXVideoTransformer3DModel", "Video DiT blocks over patchified tokens.",
-                        media="video", resolution_multiple=32),
+                        media="video", temporal_factor=8, resolution_multiple=32),
     "kandinsky5_video": _family("kandinsky5_video", "Kandinsky 5 Video", "Kandinsky5Transformer3DModel",
-                                "Visual transformer blocks.", depth=("num_visual_blocks",), media="video"),
+                                "Visual transformer blocks.", depth=("num_visual_blocks",), media="video", temporal_factor=4),
     "cosmos": _family("cosmos", "Cosmos-Predict2", "CosmosTransformer3DModel",
-                      "Video DiT blocks of Cosmos-Predict2 (Cosmos 1.0's EDM models are refused).", media="video"),
+                      "Video DiT blocks of Cosmos-Predict2 (Cosmos 1.0's EDM models are refused).", media="video", temporal_factor=4),
     "ace_step": _family("ace_step", "ACE-Step (audio)", "AceStepTransformer1DModel", "Audio DiT blocks.", media="audio",
                         depth=("num_hidden_layers",), resolution_multiple=1),
     "kolors": _family("kolors", "Kolors", "UNet2DConditionModel", "SDXL's UNet with a ChatGLM text encoder.",

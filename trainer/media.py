@@ -48,9 +48,9 @@ def _is_frame_folder(path: Path) -> bool:
 
 def _to_pixels(image, resolution: int, center_crop: bool) -> torch.Tensor:
     """PIL image → (3, resolution, resolution) in [-1, 1]."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
-    image = image.convert("RGB")
+    image = ImageOps.exif_transpose(image).convert("RGB")  # photos as the camera held them
     if center_crop:
         side = min(image.size)
         left, top = (image.width - side) // 2, (image.height - side) // 2

@@ -15,6 +15,7 @@ from trainer.capture import HiddenStateCapture
 from trainer.checkpoint import checkpoint_dirs, find_checkpoint, load_checkpoint, save_checkpoint
 from trainer.config import ConfigError, TrainConfig, config_to_json
 from trainer.ema import EMA
+from trainer.encode import release_samplers
 from trainer.events import EventWriter
 from trainer.layersync import LayerSync
 from trainer.models import implementation
@@ -100,7 +101,11 @@ def add_lora(config: TrainConfig, impl, model, base_dtype) -> int:
 
     model.requires_grad_(False)
     if base_dtype is not None:
-        model.to(base_dtype)
+        keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())  # e.g. Wan's time embedder and norms
+        for name, param in model.named_parameters():
+            if not any(part in keep for part in name.split(".")):
+                param.data = param.data.to(base_dtype)
+    torch.manual_seed(config.seed)  # the adapter's initial weights belong to the seed too
     lora = LoraConfig(
         r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank,
         target_modules=list(impl.lora_target_modules), init_lora_weights=True,
@@ -141,6 +146,7 @@ def train(config: TrainConfig, output_dir: str | Path, progress: bool = False, e
         events.emit("end", status="failed", reason=message)
         return EXIT_FAILED
     finally:
+        release_samplers()
         events.close()
 
 
@@ -186,14 +192,16 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
 
     impl = implementation(config.model_family)
     data = impl.load_data(config, device, events.log).to(device)
-    how = "held-out" if data.held_out else "training (too few to hold out; fixed noise)"
+    how = "held-out" if data.held_out else "training (nothing held out of your data; fixed noise and timesteps)"
     events.log(f"data: {len(data)} training examples; val_diffusion_loss on {len(data.val_latents)} {how} examples")
-    model = impl.load_model(config).to(device)
-    model.train()
+    model = impl.load_model(config)
     if config.model_type == "lora":
+        # frozen weights in half precision before they reach the GPU: a 20B model does not fit there in fp32
         base_dtype = autocast_dtype if device.type == "cuda" else None
         n_trainable = add_lora(config, impl, model, base_dtype)
         events.log(f"LoRA rank {config.lora_rank}: {n_trainable / 1e6:.3f}M trainable parameters on {', '.join(impl.lora_target_modules)}")
+    model = model.to(device)
+    model.train()
     if config.gradient_checkpointing:
         if not getattr(model, "_supports_gradient_checkpointing", False):
             raise ConfigError([("gradient_checkpointing", f"{type(model).__name__} does not support gradient checkpointing: turn it off")])
@@ -352,7 +360,7 @@ def validate(config, impl, objective, model, ema, data, output_dir, events, step
     model.eval()
     path = None
     with ema.applied(model) if ema is not None else nullcontext(), autocast:
-        val_loss = fixed_noise_loss(impl, objective, model, data)
+        val_loss = fixed_noise_loss(impl, objective, model, data, batch_size=config.train_batch_size)
         if impl.sample is not None:
             path = impl.sample(config, model, data, device, output_dir / "samples" / f"step_{step:07d}")
     model.train()

@@ -131,3 +131,9 @@ def test_the_schema_does_not_import_torch():
     code = "import trainer.config, trainer.cli, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_caption_extension_without_its_dot_is_refused(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        validate_config({"caption_extension": "txt"})
+    assert caught.value.errors == [("caption_extension", "caption_extension must start with a dot, like .txt; got 'txt'")]

@@ -93,6 +93,23 @@ def test_resume_continues_at_the_right_step_with_the_same_losses(tmp_path, tiny_
     assert losses(events) == pytest.approx(losses(whole), rel=1e-5)
 
 
+def test_resume_reads_a_checkpoint_whose_weights_are_sharded(tmp_path, tiny_model_dir):
+    """save_pretrained splits models over 10 GB into shards; resuming must read them all."""
+    from trainer.models.demo_dit import DemoDiT
+
+    _, whole, _ = run(tmp_path, tiny_model_dir, "whole", validation_steps=0)
+    code, _, out = run(tmp_path, tiny_model_dir, "parts", max_train_steps=6, validation_steps=0)
+    weights = out / "checkpoints" / "step_0000006" / "transformer"
+    model = DemoDiT.from_pretrained(weights)
+    for file in weights.glob("diffusion_pytorch_model*"):
+        file.unlink()
+    model.save_pretrained(weights, max_shard_size="20KB")
+    assert len(list(weights.glob("*.safetensors"))) > 1
+    config = validate_config(fast_config(tiny_model_dir, out, validation_steps=0, resume_from_checkpoint="latest"))
+    assert train(config, out) == 0
+    assert losses(read_events(out)) == pytest.approx(losses(whole), rel=1e-5)
+
+
 def test_an_existing_run_is_never_overwritten(tmp_path, tiny_model_dir):
     run(tmp_path, tiny_model_dir, "once", max_train_steps=2, validation_steps=0)
     code, events, out = run(tmp_path, tiny_model_dir, "once", max_train_steps=2, validation_steps=0)

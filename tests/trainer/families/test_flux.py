@@ -88,3 +88,28 @@ def test_a_flux_config_without_data_or_model_is_refused_with_what_to_set(tmp_pat
     with pytest.raises(ConfigError) as caught:
         validate_config({"model_family": "flux", "pretrained_model_name_or_path": str(tmp_path)})
     assert caught.value.errors[0][0] == "instance_data_dir"
+
+
+def test_lora_runs_repeat_from_their_seed(flux_dir, tmp_path):
+    data = write_encoded_dataset(tmp_path / "encoded", torch.randn(4, 4, 8, 8), {
+        "prompt_embeds": torch.randn(4, 7, 32), "pooled_prompt_embeds": torch.randn(4, 32)})
+
+    def run(name, seed):
+        torch.manual_seed(1000 + len(name))  # whatever ran before must not matter
+        events = train_few_steps("flux", flux_dir, data, tmp_path / name, 2, 4, model_type="lora", lora_rank=4,
+                                 learning_rate=1e-2, seed=seed)
+        return [e["loss"] for e in events if e["event"] == "metric" and "loss" in e]
+
+    assert run("a", 0) == pytest.approx(run("bb", 0), rel=1e-6)
+    assert run("c", 0) != pytest.approx(run("d", 1), rel=1e-6)
+
+
+def test_an_encoded_folder_of_another_family_is_refused_with_both_names(flux_dir, tmp_path):
+    from trainer.train import train
+
+    data = write_encoded_dataset(tmp_path / "encoded", torch.randn(2, 4, 8, 8), {"prompt_embeds": torch.randn(2, 7, 32)},
+                                 family="sd3")
+    config = validate_config(dict(model_family="flux", pretrained_model_name_or_path=str(flux_dir),
+                                  instance_data_dir=str(data), output_dir=str(tmp_path / "run"), max_train_steps=1))
+    assert train(config, tmp_path / "run") == 1
+    assert "was encoded for model family 'sd3', not 'flux'" in (tmp_path / "run" / "events.jsonl").read_text()

@@ -4,11 +4,9 @@ import pytest
 import torch
 
 from tests.utils.families import check_layersync_gradients, train_few_steps, write_encoded_dataset
-from trainer.config import validate_config
-from trainer.events import read_events
+from trainer.config import ConfigError, validate_config
 from trainer.families import FAMILIES, model_depth
 from trainer.models.ltxvideo import pack, unpack
-from trainer.train import train
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +59,10 @@ def test_lora_trains(model_dir, tmp_path):
     assert any("LoRA rank 4" in e.get("message", "") for e in events)
 
 
-def test_the_default_five_frames_do_not_fit_the_vae(model_dir, tmp_path):
+def test_the_default_five_frames_do_not_fit_the_vae_and_are_refused_at_submit_time(model_dir, tmp_path):
     (tmp_path / "clips").mkdir()
-    config = validate_config({"model_family": "ltxvideo", "pretrained_model_name_or_path": str(model_dir),
-                              "instance_data_dir": str(tmp_path / "clips"), "max_train_steps": 1, "num_frames": 5,
-                              "resolution": 32})
-    assert train(config, tmp_path / "run") == 2
-    error = next(e for e in read_events(tmp_path / "run") if e["event"] == "error")
-    assert "num_frames 5 does not fit LTX-Video's VAE, which needs 8k+1 frames: use 1 or 9" in error["message"]
+    with pytest.raises(ConfigError) as caught:
+        validate_config({"model_family": "ltxvideo", "pretrained_model_name_or_path": str(model_dir),
+                         "instance_data_dir": str(tmp_path / "clips"), "max_train_steps": 1, "num_frames": 5,
+                         "resolution": 32})
+    assert caught.value.errors == [("num_frames", "num_frames 5 does not fit the VAE of LTX-Video, which needs 8k+1 frames: use 1 or 9")]
