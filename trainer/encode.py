@@ -209,13 +209,13 @@ def encode_folder(spec: PipelineSpec, media: str, config: TrainConfig, device: t
         "center_crop": config.center_crop, "num_frames": config.num_frames if media == "video" else None,
         "audio_duration": config.audio_duration if media == "audio" else None,
         "files": [[str(e.path.relative_to(root)), _file_digest(e.path), e.caption] for e in examples],
-        "prompts": prompts, "format": FORMAT,
+        "format": FORMAT,  # the validation prompts are not part of the key: changing them re-encodes only them
     }
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:24]
     folder = cache_root(config) / config.model_family / key
     if is_encoded_folder(folder):
         log(f"using the encoded dataset cached in {folder}")
-        return load_encoded(folder)
+        return with_prompts(spec, config, device, log, folder, load_encoded(folder), prompts)
 
     log(f"encoding {len(examples)} {media} file(s) with the {spec.pipeline_class} encoders (cached in {folder})")
     pipe = load_pipeline(spec, config, device, **{spec.model_component: None})
@@ -263,6 +263,30 @@ def encode_folder(spec: PipelineSpec, media: str, config: TrainConfig, device: t
     return load_encoded(folder)
 
 
+def with_prompts(spec: PipelineSpec, config: TrainConfig, device, log, folder: Path, data: LatentDataset,
+                 prompts: list[str]) -> LatentDataset:
+    """The cached dataset with ``prompts`` as its validation prompts: encoded once more (and kept beside
+    the cache) when they differ from the ones encoded with the data."""
+    if data.prompts == prompts:
+        return data
+    key = hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:16]
+    side = folder / f"prompts-{key}.safetensors"
+    if side.is_file():
+        prompt_cond = load_file(side)
+    else:
+        log(f"encoding {len(prompts)} new validation prompt(s)")
+        pipe = load_pipeline(spec, config, device, **{spec.model_component: None})
+        with torch.no_grad():
+            prompt_cond = _stored(spec.encode_prompts(pipe, prompts, config))
+        del pipe
+        gc.collect()
+        tmp = side.with_name(f".tmp-{side.name}-{os.getpid()}")
+        save_file({k: v.contiguous() for k, v in prompt_cond.items()}, tmp)
+        os.replace(tmp, side)
+    data.prompts, data.prompt_cond = prompts, prompt_cond
+    return data
+
+
 def pipeline_data(spec: PipelineSpec, media: str = "image"):
     """A family's ``load_data``: encode instance_data_dir with its pipeline (or read an encoded folder)."""
 
@@ -278,6 +302,22 @@ _SAMPLERS: dict[int, object] = {}
 def release_samplers() -> None:
     """Drop the validation pipelines (and the model and VAE they hold) once a run ends."""
     _SAMPLERS.clear()
+
+
+def _decode_in_fp32(decode):
+    """The VAE decodes in fp32 whatever the run's autocast: fp16 VAE decodes (SDXL's above all) overflow to NaN."""
+
+    def fp32(value):
+        return value.float() if torch.is_tensor(value) and value.is_floating_point() else value
+
+    def decode_fp32(*args, **kwargs):
+        args, kwargs = [fp32(a) for a in args], {k: fp32(v) for k, v in kwargs.items()}
+        tensors = [v for v in (*args, *kwargs.values()) if torch.is_tensor(v)]
+        device_type = tensors[0].device.type if tensors else "cpu"
+        with torch.autocast(device_type, enabled=False):
+            return decode(*args, **kwargs)
+
+    return decode_fp32
 
 
 def pipeline_sampler(spec: PipelineSpec):
@@ -296,6 +336,8 @@ def pipeline_sampler(spec: PipelineSpec):
             # fp32 components; the loop's autocast decides the compute precision
             pipe = load_pipeline(spec, config, device, torch.float32, **{spec.model_component: model}, **dropped)
             pipe.set_progress_bar_config(disable=True)
+            if getattr(pipe, "vae", None) is not None:
+                pipe.vae.decode = _decode_in_fp32(pipe.vae.decode)
             _SAMPLERS.clear()
             _SAMPLERS[id(model)] = pipe
         generator = torch.Generator(device=device).manual_seed(config.seed)

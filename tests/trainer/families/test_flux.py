@@ -46,6 +46,13 @@ def test_the_whole_way_image_folder_to_cached_latents_to_training_to_a_sample(fl
     events = train_few_steps("flux", flux_dir, images, tmp_path / "run2", 1, 3, **common)
     logs = " ".join(e.get("message", "") for e in events if e["event"] == "log")
     assert "using the encoded dataset cached in" in logs and "encoding" not in logs
+    # another validation prompt: only the prompt is encoded, then kept beside the cache
+    for name in ("run2b", "run2c"):
+        events = train_few_steps("flux", flux_dir, images, tmp_path / name, 1, 3, validation_prompt="a green circle", **common)
+        logs = " ".join(e.get("message", "") for e in events if e["event"] == "log")
+        assert "encoding 6 image file(s)" not in logs
+        assert ("encoding 1 new validation prompt(s)" in logs) == (name == "run2b")
+        assert [e for e in events if e["event"] == "sample"][-1]["prompts"] == ["a green circle"]
     # a changed caption is new content: encoded again
     (images / "img_00.txt").write_text("a blue circle")
     events = train_few_steps("flux", flux_dir, images, tmp_path / "run3", 1, 3, **common)
