@@ -12,12 +12,11 @@ forward does not hand the mask to the single blocks, so there they attend to the
 
 import torch
 
-from trainer.capture import Block, tuple_element
 from trainer.config import TrainConfig
 from trainer.encode import PipelineSpec, pipeline_data, pipeline_sampler
 from trainer.models import FamilyImplementation
 from trainer.models.flux import encode_images, image_ids, pack, unpack
-from trainer.models.joint_sequence import after_encoder_states, image_span
+from trainer.models.joint_sequence import double_then_single_blocks
 from trainer.models.loading import load_component
 
 MAX_SEQUENCE_LENGTH = 512  # T5 tokens, ChromaPipeline's default
@@ -29,10 +28,7 @@ def load_model(config: TrainConfig):
     return load_component(ChromaTransformer2DModel, config.pretrained_model_name_or_path)
 
 
-def blocks(model) -> list[Block]:
-    after_text = image_span(model, after_encoder_states)  # single blocks: [text, image]
-    return ([Block(b, tuple_element(1)) for b in model.transformer_blocks]
-            + [Block(b, after_text) for b in model.single_transformer_blocks])
+blocks = double_then_single_blocks  # double blocks (text, image); single blocks [text, image], text sliced off
 
 
 def predict(model, x_t: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:

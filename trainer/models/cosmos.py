@@ -21,14 +21,13 @@ import torch
 
 from trainer.capture import Block
 from trainer.config import TrainConfig
-from trainer.encode import PipelineSpec, pipeline_sampler
+from trainer.encode import PipelineSpec, pipeline_data, pipeline_sampler
 from trainer.models import FamilyImplementation
 from trainer.models.loading import load_component
-from trainer.models.video import frame_view, hidden_states_input, video_data
+from trainer.models.video import frame_view, hidden_states_input
 from trainer.models.wan import latent_stats
 
 MAX_SEQUENCE_LENGTH = 512  # T5 tokens, the Cosmos pipelines' default
-TEMPORAL_FACTOR = 4  # the Wan VAE of Cosmos-Predict2: 4k+1 frames
 VIDEO_FPS = 16  # Cosmos2VideoToWorldPipeline's default frame rate (its rope scales time by it); images pass none
 COSMOS1 = {"CosmosTextToWorldPipeline", "CosmosVideoToWorldPipeline", "EDMEulerScheduler"}
 
@@ -134,7 +133,7 @@ SPEC = PipelineSpec(
     generate=generate,
     load_kwargs={"safety_checker": NoSafetyChecker()},
 )
-encode = video_data(SPEC, TEMPORAL_FACTOR, "Cosmos-Predict2")
+encode = pipeline_data(SPEC, "video")
 
 FAMILY = FamilyImplementation(
     load_model=load_model,

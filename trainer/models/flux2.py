@@ -17,11 +17,10 @@ from pathlib import Path
 
 import torch
 
-from trainer.capture import Block, tuple_element
 from trainer.config import TrainConfig
 from trainer.encode import PipelineSpec, pipeline_data, pipeline_sampler
 from trainer.models import FamilyImplementation
-from trainer.models.joint_sequence import after_encoder_states, image_span
+from trainer.models.joint_sequence import double_then_single_blocks
 from trainer.models.loading import load_component
 
 TRAINING_GUIDANCE = 1.0  # guidance-distilled checkpoints (Flux.2 dev) train at guidance 1, as Flux does here
@@ -34,10 +33,7 @@ def load_model(config: TrainConfig):
     return load_component(Flux2Transformer2DModel, config.pretrained_model_name_or_path)
 
 
-def blocks(model) -> list[Block]:
-    after_text = image_span(model, after_encoder_states)  # single blocks: [text, image]
-    return ([Block(b, tuple_element(1)) for b in model.transformer_blocks]
-            + [Block(b, after_text) for b in model.single_transformer_blocks])
+blocks = double_then_single_blocks  # double blocks (text, image); single blocks [text, image], text sliced off
 
 
 def predict(model, x_t: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:

@@ -10,14 +10,13 @@ import torch
 
 from trainer.capture import Block
 from trainer.config import TrainConfig
-from trainer.encode import PipelineSpec, pipeline_sampler
+from trainer.encode import PipelineSpec, pipeline_data, pipeline_sampler
 from trainer.models import FamilyImplementation
 from trainer.models.loading import load_component
-from trainer.models.video import frame_view, hidden_states_input, sample_kwargs, to_signed, video_data
+from trainer.models.video import frame_view, hidden_states_input, sample_kwargs, to_signed
 
 TRAINING_GUIDANCE = 1.0  # the guidance-distilled checkpoints are fine-tuned at embedded guidance 1, as SimpleTuner does
 MAX_SEQUENCE_LENGTH = 256  # Llama tokens after the prompt template, HunyuanVideoPipeline's default
-TEMPORAL_FACTOR = 4  # HunyuanVideo's VAE: 4k+1 frames
 
 
 def load_model(config: TrainConfig):
@@ -93,7 +92,7 @@ FAMILY = FamilyImplementation(
     load_model=load_model,
     blocks=blocks,
     predict=predict,
-    load_data=video_data(SPEC, TEMPORAL_FACTOR, "HunyuanVideo"),
+    load_data=pipeline_data(SPEC, "video"),
     sample=pipeline_sampler(SPEC),
     lora_target_modules=("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
 )

@@ -11,6 +11,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from trainer.capture import Block, tuple_element
+
 Locate = Callable[[tuple, dict], slice]  # (forward args, forward kwargs) → where the image tokens are
 
 
@@ -40,3 +42,11 @@ def image_span(model: nn.Module, locate: Locate) -> Callable[[torch.Tensor], tor
         return output[:, state["span"]]  # (B, image tokens, D)
 
     return stream
+
+
+def double_then_single_blocks(model: nn.Module) -> list[Block]:
+    """Flux-style stacks whose single blocks return one [text, image] sequence: ``transformer_blocks``
+    (returning (text, image)), then ``single_transformer_blocks`` with the text sliced off."""
+    after_text = image_span(model, after_encoder_states)
+    return ([Block(b, tuple_element(1)) for b in model.transformer_blocks]
+            + [Block(b, after_text) for b in model.single_transformer_blocks])

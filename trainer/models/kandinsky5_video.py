@@ -16,13 +16,12 @@ import torch
 
 from trainer.capture import Block
 from trainer.config import TrainConfig
-from trainer.encode import PipelineSpec, pipeline_sampler
+from trainer.encode import PipelineSpec, pipeline_data, pipeline_sampler
 from trainer.models import FamilyImplementation
 from trainer.models.loading import load_component
-from trainer.models.video import frame_view, hidden_states_input, sample_kwargs, to_signed, video_data
+from trainer.models.video import frame_view, hidden_states_input, sample_kwargs, to_signed
 
 MAX_SEQUENCE_LENGTH = 512  # Qwen tokens after the prompt template, the pipelines' default
-TEMPORAL_FACTOR = 4  # the HunyuanVideo VAE Kandinsky 5 uses: 4k+1 frames
 VAE_SPATIAL_FACTOR = 8
 TEXT_COMPONENTS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
 LORA_TARGET_MODULES = ("to_query", "to_key", "to_value", "self_attention.out_layer", "cross_attention.out_layer")
@@ -124,7 +123,7 @@ FAMILY = FamilyImplementation(
     load_model=load_model,
     blocks=blocks,
     predict=predict,
-    load_data=video_data(SPEC, TEMPORAL_FACTOR, "Kandinsky 5"),
+    load_data=pipeline_data(SPEC, "video"),
     sample=pipeline_sampler(SPEC),
     lora_target_modules=LORA_TARGET_MODULES,
 )

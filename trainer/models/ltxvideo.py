@@ -11,13 +11,14 @@ import torch
 
 from trainer.capture import Block
 from trainer.config import TrainConfig
-from trainer.encode import PipelineSpec, pipeline_sampler
+from trainer.encode import PipelineSpec, pipeline_data, pipeline_sampler
+from trainer.families import FAMILIES
 from trainer.models import FamilyImplementation
 from trainer.models.loading import load_component
-from trainer.models.video import frame_view, sample_kwargs, to_signed, video_data
+from trainer.models.video import frame_view, sample_kwargs, to_signed
 
 MAX_SEQUENCE_LENGTH = 128  # T5 tokens, LTXPipeline's default
-TEMPORAL_FACTOR = 8  # LTX-Video's VAE: 8k+1 frames
+TEMPORAL_FACTOR = FAMILIES["ltxvideo"].temporal_factor  # 8: the VAE compresses 8 frames after the first
 # LTXPipeline's rope_interpolation_scale: (VAE temporal factor / frame rate, VAE spatial factor, same); every
 # released LTX-Video VAE compresses 8× in time and 32× in space, and the pipeline samples at 25 fps
 ROPE_INTERPOLATION_SCALE = (TEMPORAL_FACTOR / 25, 32, 32)
@@ -102,7 +103,7 @@ FAMILY = FamilyImplementation(
     load_model=load_model,
     blocks=blocks,
     predict=predict,
-    load_data=video_data(SPEC, TEMPORAL_FACTOR, "LTX-Video"),
+    load_data=pipeline_data(SPEC, "video"),
     sample=pipeline_sampler(SPEC),
     lora_target_modules=("to_q", "to_k", "to_v", "to_out.0"),
 )

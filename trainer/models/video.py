@@ -1,36 +1,13 @@
-"""What the video families share: their VAEs' frame-count rule, a (B, T, P, D) view of their token
-streams, and pipeline videos brought back to [-1, 1]."""
+"""What the video families share: a (B, T, P, D) view of their token streams, sizes of their validation
+videos, and pipeline videos brought back to [-1, 1]. (Frame counts are checked at submit time, against
+the registry's temporal_factor.)"""
 
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from trainer.config import ConfigError, TrainConfig
-from trainer.encode import PipelineSpec, is_encoded_folder, pipeline_data
-
-
-def check_num_frames(num_frames: int, temporal_factor: int, label: str) -> None:
-    """Causal video VAEs keep the first frame and compress every ``temporal_factor`` frames after it."""
-    if (num_frames - 1) % temporal_factor:
-        lower = (num_frames - 1) // temporal_factor * temporal_factor + 1
-        raise ConfigError([("num_frames", (
-            f"num_frames {num_frames} does not fit {label}'s VAE, which needs {temporal_factor}k+1 frames: "
-            f"use {lower} or {lower + temporal_factor}"
-        ))])
-
-
-def video_data(spec: PipelineSpec, temporal_factor: int, label: str):
-    """A video family's ``load_data``: the frame count checked before anything is encoded."""
-    encode = pipeline_data(spec, "video")
-
-    def load_data(config: TrainConfig, device: torch.device, log):
-        if not is_encoded_folder(Path(config.instance_data_dir).expanduser()):  # an encoded folder's frames are fixed
-            check_num_frames(config.num_frames, temporal_factor, label)
-        return encode(config, device, log)
-
-    return load_data
+from trainer.config import TrainConfig
 
 
 def frame_view(model: nn.Module, latent_frames: Callable[[tuple, dict], int]) -> Callable[[torch.Tensor], torch.Tensor]:
