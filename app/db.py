@@ -1,15 +1,15 @@
-"""The database engine (SQLite in WAL mode by default) and the request-scoped session."""
+"""The database engine (SQLite in WAL mode by default), its schema (app.migrations) and the request-scoped session."""
 
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import event, inspect, make_url, text
+from sqlalchemy import event, make_url
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
-from app import models  # noqa: F401 - registers the tables on SQLModel.metadata
+from app import migrations
 
 
 def make_engine(url: str) -> Engine:
@@ -49,21 +49,9 @@ def _in_memory(url: str) -> bool:
 
 
 def create_schema(engine: Engine) -> None:
-    SQLModel.metadata.create_all(engine)
-    _add_new_columns(engine)
-
-
-def _add_new_columns(engine: Engine) -> None:
-    """Add the nullable columns a newer version brought to a database an older one created
-    (create_all makes missing tables only), so an upgrade keeps its runs."""
-    existing = inspect(engine)
-    with engine.begin() as connection:
-        for table in SQLModel.metadata.sorted_tables:
-            have = {column["name"] for column in existing.get_columns(table.name)}
-            for column in table.columns:
-                if column.name not in have and column.nullable:
-                    kind = column.type.compile(dialect=engine.dialect)
-                    connection.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
+    """Bring the database to the newest schema (Alembic): every table for an empty one, the missing
+    revisions for an older one."""
+    migrations.upgrade(engine)
 
 
 def get_session(request: Request) -> Iterator[Session]:
