@@ -11,8 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from trainer.config import FIELDS, ConfigError, nearest_keys, read_config_file, validate_config
+from trainer.config import FIELDS, ConfigError, config_to_json, nearest_keys, read_config_file, validate_config
 from trainer.families import FAMILIES
+from trainer.runlock import FOLDER_IN_USE_EXIT, RUN_LOCK, FolderLock, LockHeld
 
 UPSTREAM_FLAGS = {
     "--encoder-depth": "layersync_student_block",
@@ -114,19 +115,31 @@ def train_main(argv: list[str] | None = None) -> int:
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.print_config:
-        print(config.model_dump_json(indent=2))
+        print(json.dumps(config_to_json(config), indent=2, ensure_ascii=False))
         return 0
 
-    from trainer.train import train  # torch is imported only now
-
-    print(f"training {FAMILIES[config.model_family].label} into {config.output_dir}", file=sys.stderr)
     try:
-        code = train(config, config.output_dir, progress=not args.no_progress, echo=_echo)
+        # taken before anything is written to the run folder and held until training is over: a second
+        # worker for the same run stops here, before it appends to the events or writes a checkpoint
+        with FolderLock(config.output_dir, RUN_LOCK):
+            from trainer.train import train  # torch is imported only now
+
+            print(f"training {FAMILIES[config.model_family].label} into {config.output_dir}", file=sys.stderr)
+            code = train(config, config.output_dir, progress=not args.no_progress, echo=_echo)
+    except LockHeld as held:
+        print(f"error: {_folder_in_use(config.output_dir, held.pid)}", file=sys.stderr)
+        return FOLDER_IN_USE_EXIT
     except OSError as exc:  # the run folder itself cannot be written: nowhere to put events
         print(f"error: cannot write to output_dir {config.output_dir!r}: {exc.strerror}; choose a writable folder", file=sys.stderr)
         return 1
     _print_summary(config.output_dir)
     return code
+
+
+def _folder_in_use(output_dir: str, pid: int | None) -> str:
+    who, stop = (f"another worker (pid {pid})", f" (kill {pid})") if pid else ("another worker", "")
+    return (f"the run folder {output_dir} is in use by {who}, which trains this run: wait until it ends, or "
+            f"stop it{stop}, then start this one again; nothing was written to the folder")
 
 
 def _echo(event: str, record: dict) -> None:
@@ -145,12 +158,15 @@ def _record_config_error(output_dir: str, exc: ConfigError) -> None:
     from trainer.events import EventWriter
 
     try:
-        events = EventWriter(output_dir)
+        with FolderLock(output_dir, RUN_LOCK):
+            events = EventWriter(output_dir)
+            events.emit("error", kind="config", message=str(exc), errors=[list(e) for e in exc.errors])
+            events.emit("end", status="failed", reason=str(exc))
+            events.close()
+    except LockHeld as held:  # an end written here would end the run another worker is training
+        print(f"error: {_folder_in_use(output_dir, held.pid)}", file=sys.stderr)
     except OSError:
-        return
-    events.emit("error", kind="config", message=str(exc), errors=[list(e) for e in exc.errors])
-    events.emit("end", status="failed", reason=str(exc))
-    events.close()
+        pass  # no run folder to tell: the error is on stderr
 
 
 def _print_summary(output_dir: str) -> None:

@@ -1,52 +1,60 @@
 """The one schema of a run's config: used by the CLI, the worker, the web form and the REST API.
 
 Key names follow SimpleTuner's config.json wherever SimpleTuner has the same knob, so a user's
-file works as it is. Torch-free on purpose: the web server imports this module.
+file works as it is. A config is checked in stages, and every problem of every stage is reported
+at once: each key's type and range, the rules between keys (both pure, in ``TrainConfig``), then
+what the disk says (``trainer.checks.environment_problems``). Torch-free on purpose: the web
+server imports this module.
 """
 
-import difflib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic_core import PydanticCustomError
 
-from trainer.families import ModelDirError, find_family, model_config, model_depth, supported_families
+from trainer.checks import config_notices, environment_problems, family_problem, resolve_block_index, rule_problems
+from trainer.families import family_defaults
+from trainer import problems as _problems
+from trainer.problems import ConfigError, FieldProblem, FieldProblems, error_words, unknown_key_problems
+
+__all__ = [
+    "ConfigError", "FieldProblem", "TrainConfig", "FIELDS", "LAYERSYNC_DEFAULT_LAMBDA", "config_notices",
+    "config_to_json", "import_config", "nearest_keys", "read_config_file", "resolve_block_index", "validate_config",
+]
 
 LAYERSYNC_DEFAULT_LAMBDA = 0.2
+MAX_KEYS = 1000  # SimpleTuner knows a few hundred options; a file with more keys is not a config
+MAX_STEPS = 10**8  # far beyond any real run, and arithmetic on steps stays well inside 64 bits
+MAX_BLOCK = 10_000
+MAX_PROMPT = 4000
+MAX_PATH = 4096  # PATH_MAX on Linux
+MAX_NAME = 100
 
 
-class FieldProblem(ValueError):
-    """A cross-field problem that belongs to one key (so the form can show it next to the field)."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
-
-
-class ConfigError(ValueError):
-    """An invalid config; ``errors`` is a list of (key, message) pairs, one per problem."""
-
-    def __init__(self, errors: list[tuple[str, str]]):
-        self.errors = errors
-        super().__init__("; ".join(f"{key}: {message}" if key else message for key, message in errors))
-
-    def lines(self) -> list[str]:
-        return [f"{key}: {message}" if key else message for key, message in self.errors]
+def _not_bool(value):
+    # JSON true is a Python int: without this, `"max_train_steps": true` would be one step
+    if isinstance(value, bool):
+        raise PydanticCustomError("number_not_bool", "must be a number, not true or false")
+    return value
 
 
-def resolve_block_index(index: int, depth: int, role: str = "block") -> int:
-    """1-based-friendly: ``index`` means block ``index - 1`` (as the paper counts), and block ``index``
-    (0-based) only when ``index - 1`` does not exist. Returns the 0-based block."""
-    if depth < 1:
-        raise FieldProblem(f"layersync_{role}_block", "this model exposes no transformer blocks")
-    for candidate in (index - 1, index):
-        if 0 <= candidate < depth:
-            return candidate
-    raise FieldProblem(
-        f"layersync_{role}_block",
-        f"{role} block {index} does not exist: this model has {depth} blocks, choose 1–{depth}",
-    )
+def _utf8(value: str) -> str:
+    # a lone surrogate ("\ud800") is a Python str but no UTF-8 text: it could be stored, never written out
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError("text_not_utf8", "contains a character that is not text (a lone surrogate "
+                                  "such as \\ud800): remove it") from None
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+Steps = Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=MAX_STEPS)]
+Block = Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=MAX_BLOCK)]
+Text = Annotated[str, AfterValidator(_utf8)]
 
 
 class TrainConfig(BaseModel):
@@ -55,167 +63,113 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, protected_namespaces=())
 
     # model
-    model_family: str = Field("demo", description="Model family from the registry (see `layersync families`).")
-    pretrained_model_name_or_path: str | None = Field(
-        None, description="Local model directory (save_pretrained layout). Empty: the family's built-in model."
+    model_family: Text = Field("demo", max_length=MAX_NAME, description="Model family from the registry (see `layersync families`).")
+    pretrained_model_name_or_path: Text | None = Field(
+        None, max_length=MAX_PATH, description="Local model directory (save_pretrained layout). Empty: the family's built-in model."
     )
-    resolution: int = Field(
-        16, ge=8, le=4096, description="Image (or video frame) size in pixels, square; a multiple of the family's factor (2 for the demo, 16 for most)."
+    resolution: Int | None = Field(
+        None, ge=8, le=4096,
+        description="Image (or video frame) size in pixels, square; a multiple of the family's factor (2 for the demo, 16 for most). Empty: the family's native size.",
     )
     model_type: Literal["full", "lora"] = Field("full", description="Train every weight, or a LoRA adapter (peft) on the attention projections.")
-    lora_rank: int = Field(16, ge=1, le=1024, description="LoRA rank.")
-    lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha; empty: equal to the rank (scale 1).")
+    lora_rank: Int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    lora_alpha: Float | None = Field(None, gt=0, description="LoRA alpha; empty: equal to the rank (scale 1).")
     # data (the demo family uses its built-in digits)
-    instance_data_dir: str | None = Field(
-        None,
+    instance_data_dir: Text | None = Field(
+        None, max_length=MAX_PATH,
         description="Folder of training images (videos, audio) with same-named .txt captions, or of pre-encoded .safetensors examples.",
     )
-    caption_extension: str = Field(".txt", description="Extension of the caption files beside each example.")
+    caption_extension: Text = Field(".txt", max_length=32, description="Extension of the caption files beside each example.")
     center_crop: bool = Field(True, description="Center-crop to a square before resizing; off: resize the whole image (aspect not kept).")
-    num_frames: int = Field(5, ge=1, le=1025, description="Frames per training clip (video families).")
-    audio_duration: float = Field(10.0, gt=0, le=600, description="Seconds per training clip (audio families).")
-    cache_dir: str | None = Field(
-        None, description="Where encoded latents and caption embeddings are cached; empty: ~/.cache/layersync-studio."
+    num_frames: Int | None = Field(
+        None, ge=1, le=1025, description="Frames per training clip (video families). Empty: the family's default clip length."
     )
-    validation_prompt: str | None = Field(
-        None, description="Prompt of the validation samples; empty: the first captions of the dataset."
+    audio_duration: Float | None = Field(
+        None, gt=0, le=600, description="Seconds per training clip (audio families). Empty: the family's default."
+    )
+    cache_dir: Text | None = Field(
+        None, max_length=MAX_PATH, description="Where encoded latents and caption embeddings are cached; empty: ~/.cache/layersync-studio."
+    )
+    validation_prompt: Text | None = Field(
+        None, max_length=MAX_PROMPT, description="Prompt of the validation samples; empty: the first captions of the dataset."
     )
     # training
-    output_dir: str | None = Field(None, description="Where events, samples and checkpoints go.")
-    max_train_steps: int = Field(500, ge=1, description="Number of optimizer steps.")
-    train_batch_size: int = Field(32, ge=1, description="Images per step.")
-    learning_rate: float | None = Field(
+    output_dir: Text | None = Field(None, max_length=MAX_PATH, description="Where events, samples and checkpoints go.")
+    max_train_steps: Steps = Field(500, ge=1, description="Number of optimizer steps.")
+    train_batch_size: Int = Field(32, ge=1, le=65536, description="Images per step.")
+    learning_rate: Float | None = Field(
         None, gt=0, description="Peak AdamW learning rate; empty: the family's default (1e-3 for the demo trained from scratch)."
     )
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
         "constant", description="Learning-rate schedule after warmup."
     )
-    lr_warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
-    adam_beta1: float = Field(0.9, ge=0, lt=1)
-    adam_beta2: float = Field(0.999, ge=0, lt=1)
-    adam_weight_decay: float = Field(0.0, ge=0)
-    adam_epsilon: float = Field(1e-8, gt=0)
-    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm; 0 turns clipping off.")
-    seed: int = Field(0, ge=0, description="Seed of weights, batches and noise; the same seed gives the same run.")
-    caption_dropout_probability: float = Field(
+    lr_warmup_steps: Steps = Field(0, description="Linear warmup steps.")
+    adam_beta1: Float = Field(0.9, ge=0, lt=1)
+    adam_beta2: Float = Field(0.999, ge=0, lt=1)
+    adam_weight_decay: Float = Field(0.0, ge=0)
+    adam_epsilon: Float = Field(1e-8, gt=0)
+    max_grad_norm: Float = Field(1.0, ge=0, description="Gradient clipping norm; 0 turns clipping off.")
+    seed: Int = Field(0, ge=0, le=2**32 - 1, description="Seed of weights, batches and noise; the same seed gives the same run.")
+    caption_dropout_probability: Float = Field(
         0.1, ge=0, le=1, description="Share of examples whose caption (or label) is dropped to the empty one (classifier-free guidance)."
     )
     use_ema: bool = Field(False, description="Keep an exponential moving average of the weights for sampling.")
-    ema_decay: float = Field(0.999, gt=0, lt=1)
+    ema_decay: Float = Field(0.999, gt=0, lt=1)
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
         "no", description="Autocast precision on a GPU; the CPU always trains in fp32."
     )
-    logging_steps: int = Field(10, ge=1, description="Steps averaged into each metric event.")
-    validation_steps: int = Field(100, ge=0, description="Sample grid and held-out loss every N steps; 0 turns them off.")
-    validation_num_inference_steps: int = Field(20, ge=1, le=1000, description="Euler steps of the sampler.")
-    validation_guidance: float = Field(2.0, ge=1, description="Classifier-free guidance scale of the samples.")
-    checkpointing_steps: int = Field(100, ge=0, description="Checkpoint every N steps (and always at the end); 0: at the end only.")
-    checkpoints_total_limit: int | None = Field(None, ge=1, description="Keep only the newest N checkpoints.")
-    resume_from_checkpoint: str | None = Field(
-        None, description="'latest' or a checkpoint folder: continue that run at its step."
+    logging_steps: Steps = Field(10, ge=1, description="Steps averaged into each metric event.")
+    validation_steps: Steps = Field(100, description="Sample grid and held-out loss every N steps; 0 turns them off.")
+    validation_num_inference_steps: Int = Field(20, ge=1, le=1000, description="Euler steps of the sampler.")
+    validation_guidance: Float = Field(2.0, ge=1, description="Classifier-free guidance scale of the samples.")
+    checkpointing_steps: Steps = Field(100, description="Checkpoint every N steps (and always at the end); 0: at the end only.")
+    checkpoints_total_limit: Int | None = Field(None, ge=1, le=100_000, description="Keep only the newest N checkpoints.")
+    resume_from_checkpoint: Text | None = Field(
+        None, max_length=MAX_PATH, description="'latest' or a checkpoint folder: continue that run at its step."
     )
     # LayerSync
     layersync_enabled: bool = Field(False, description="Enable LayerSync.")
-    layersync_student_block: int | None = Field(
+    layersync_student_block: Block | None = Field(
         None, description="Student block (1-based-friendly). On 24-block models start with 8."
     )
-    layersync_teacher_block: int | None = Field(
+    layersync_teacher_block: Block | None = Field(
         None, description="Teacher block, a few blocks deeper than the student (16 on 24-block models). Defaults to the student."
     )
-    layersync_lambda: float | None = Field(
+    layersync_lambda: Float | None = Field(
         None, description="Weight of the negative-cosine term; 0.2 when enabled and unset; must be > 0."
     )
-    layersync_pairs: list[tuple[int, int]] | None = Field(
-        None, description="Extra student→teacher pairs, e.g. [[4, 12], [8, 16]]; each pair counts."
+    layersync_pairs: list[tuple[Block, Block]] | None = Field(
+        None, max_length=64, description="Extra student→teacher pairs, e.g. [[4, 12], [8, 16]]; each pair counts."
     )
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
-        family = find_family(self.model_family)
-        if family is None:
-            raise FieldProblem(
-                "model_family",
-                f"unknown model family {self.model_family!r}: choose one of {', '.join(supported_families())}",
-            )
-        if family.unsupported:
-            raise FieldProblem(
-                "model_family",
-                f"{family.label} cannot be trained with LayerSync: {family.unsupported}. "
-                f"Families that work: {', '.join(supported_families())}",
-            )
+    def _resolve_and_check(self, info: ValidationInfo) -> "TrainConfig":
+        """Fill in what unset keys mean (the family's defaults), then check the rules between keys. With a
+        ``problems`` list in the validation context, the rules' problems go there instead of being raised,
+        so the next stage can still look at the config."""
+        family, problem = family_problem(self.model_family)
+        if problem:
+            raise FieldProblem("model_family", problem)
         self.model_family = family.name
         if self.pretrained_model_name_or_path == "":
             self.pretrained_model_name_or_path = None
         if self.instance_data_dir == "":
             self.instance_data_dir = None
-        if self.learning_rate is None:
-            self.learning_rate = family.default_learning_rate
-        if self.pretrained_model_name_or_path is None and family.builtin_config is None:
-            raise FieldProblem(
-                "pretrained_model_name_or_path",
-                f"{family.label} has no built-in model: set pretrained_model_name_or_path to a local diffusers "
-                "pipeline directory (the folder save_pretrained writes)",
-            )
-        if family.builtin_config is None and self.instance_data_dir is None:
-            raise FieldProblem(
-                "instance_data_dir",
-                f"{family.label} trains on your data: set instance_data_dir to a folder of {family.media} files with "
-                f"same-named {self.caption_extension} captions",
-            )
-        if self.instance_data_dir is not None and not Path(self.instance_data_dir).expanduser().is_dir():
-            raise FieldProblem("instance_data_dir", f"instance_data_dir {self.instance_data_dir!r} is not a folder: check the path")
-        if not self.caption_extension.startswith(".") or len(self.caption_extension) < 2:
-            raise FieldProblem("caption_extension", f"caption_extension must start with a dot, like .txt; got {self.caption_extension!r}")
-        factor = family.temporal_factor
-        encoded = self.instance_data_dir is not None and (Path(self.instance_data_dir).expanduser() / "manifest.json").is_file()
-        if factor and not encoded and (self.num_frames - 1) % factor:
-            lower = (self.num_frames - 1) // factor * factor + 1
-            raise FieldProblem("num_frames", (
-                f"num_frames {self.num_frames} does not fit the VAE of {family.label}, which needs {factor}k+1 frames: "
-                f"use {lower} or {lower + factor}"
-            ))
-        multiple = family.resolution_multiple
-        if self.resolution % multiple:
-            raise FieldProblem(
-                "resolution",
-                f"resolution {self.resolution} is not a multiple of {multiple} ({family.label}'s VAE and patch size): "
-                "use " + (f"{multiple}" if self.resolution < multiple
-                          else f"{self.resolution // multiple * multiple} or {(self.resolution // multiple + 1) * multiple}"),
-            )
-        if family.builtin_config is not None and self.pretrained_model_name_or_path is None and self.resolution > 64:
-            raise FieldProblem("resolution", f"the built-in demo model trains at up to 64 px, got {self.resolution}")
-        if not self.layersync_enabled:
-            return self
-        if self.layersync_student_block is None and not self.layersync_pairs:
-            raise FieldProblem(
-                "layersync_student_block",
-                "LayerSync is enabled but no student block is set: set layersync_student_block (e.g. 8), "
-                "or turn LayerSync off",
-            )
-        if self.layersync_lambda is None:
-            self.layersync_lambda = LAYERSYNC_DEFAULT_LAMBDA
-        elif self.layersync_lambda <= 0:
-            raise FieldProblem(
-                "layersync_lambda",
-                f"LayerSync weight must be > 0, got {self.layersync_lambda}: keep the default 0.2 if unsure, "
-                "or turn LayerSync off",
-            )
-        if self.layersync_student_block is not None and self.layersync_teacher_block is None:
-            self.layersync_teacher_block = self.layersync_student_block
-        try:
-            depth = model_depth(family, self.pretrained_model_name_or_path)
-        except ModelDirError as exc:
-            raise FieldProblem("pretrained_model_name_or_path", str(exc)) from exc
-        for student, teacher in self.pairs():
-            s = resolve_block_index(student, depth, "student")
-            t = resolve_block_index(teacher, depth, "teacher")
-            # where blocks differ in shape (a UNet's levels), the family says now, before any step, which pairs fit
-            problem = family.check_pair and family.check_pair(
-                model_config(family, self.pretrained_model_name_or_path), s, t, self.resolution
-            )
-            if problem:
-                raise FieldProblem("layersync_teacher_block", problem)
+        for key, value in family_defaults(family.name).items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        if self.layersync_enabled:
+            if self.layersync_lambda is None:
+                self.layersync_lambda = LAYERSYNC_DEFAULT_LAMBDA
+            if self.layersync_student_block is not None and self.layersync_teacher_block is None:
+                self.layersync_teacher_block = self.layersync_student_block
+        problems = rule_problems(self, family)
+        collected = (info.context or {}).get("problems")
+        if problems and collected is None:
+            raise FieldProblems(problems)
+        if problems:
+            collected.extend(problems)
         return self
 
     def pairs(self) -> list[tuple[int, int]]:
@@ -232,137 +186,120 @@ class TrainConfig(BaseModel):
 
     def notices(self) -> list[str]:
         """Things the user should know about a valid config (shown in the form and the run's log)."""
-        notes = []
-        if not self.layersync_enabled and (self.layersync_student_block or self.layersync_teacher_block):
-            notes.append("LayerSync blocks are set but LayerSync is off (layersync_enabled=false): they are ignored")
-        family = find_family(self.model_family)
-        if family.builtin_config is not None and self.instance_data_dir:
-            notes.append(f"instance_data_dir is ignored: the {family.label} trains on its built-in data")
-        depth = None
-        if self.layersync_enabled:
-            depth = model_depth(find_family(self.model_family), self.pretrained_model_name_or_path)
-        for student, teacher in self.pairs():
-            s, t = resolve_block_index(student, depth, "student"), resolve_block_index(teacher, depth, "teacher")
-            if s == t:
-                notes.append(
-                    f"LayerSync is a no-op: teacher block {teacher} is the student block {student}, so the detached "
-                    "similarity is always 1 and its gradient is zero; set layersync_teacher_block a few blocks deeper"
-                )
-            elif t < s:
-                notes.append(
-                    f"teacher block {teacher} is shallower than student block {student}: LayerSync pulls the student "
-                    "toward a deeper block; swap them unless you mean it"
-                )
-        return notes
+        return [notice for _, notice in config_notices(self.model_dump())]
 
 
 FIELDS = TrainConfig.model_fields
 
 
 def nearest_keys(key: str) -> list[str]:
-    """The known keys closest to a misspelt one: the best match, and any nearly as close."""
-    scored = sorted(((difflib.SequenceMatcher(None, key, known).ratio(), known) for known in FIELDS), reverse=True)
-    best = scored[0][0] if scored else 0
-    return [known for score, known in scored[:3] if score >= 0.6 and score >= best - 0.03]
+    """The config keys closest to a misspelt one."""
+    return _problems.nearest_keys(key, FIELDS)
 
 
-def unknown_key_message(key: str) -> str:
-    near = nearest_keys(key)
-    hint = f"did you mean {' or '.join(near)}?" if near else "see `layersync train --help` for the known keys"
-    return f"unknown config key {key!r}: {hint}"
+MODEL_KEYS = {"model_family", "pretrained_model_name_or_path"}  # a config whose model is unknown has no rules to check
 
 
-def _number(value) -> str:
-    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+def _friendly(error: dict) -> list[tuple[str, str]]:
+    """One pydantic error → (key, message in words a person understands), one pair per problem it holds."""
+    cause = (error.get("ctx") or {}).get("error")
+    if error["type"] == "value_error" and isinstance(cause, FieldProblem):
+        return [(cause.field, str(cause))]
+    if error["type"] == "value_error" and isinstance(cause, FieldProblems):
+        return list(cause.problems)
+    return [(".".join(str(part) for part in error["loc"]), error_words(error))]
 
 
-def _friendly(error: dict) -> tuple[str, str]:
-    """One pydantic error → (key, message in words a person understands)."""
-    key = ".".join(str(part) for part in error["loc"])
-    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
-    got = f"got {value!r}"
-    if kind == "value_error" and isinstance(ctx.get("error"), FieldProblem):
-        return ctx["error"].field, str(ctx["error"])
-    messages = {
-        "int_parsing": f"must be a whole number, {got}",
-        "int_type": f"must be a whole number, {got}",
-        "int_from_float": f"must be a whole number, {got}",
-        "float_parsing": f"must be a number, {got}",
-        "float_type": f"must be a number, {got}",
-        "finite_number": f"must be a finite number, {got}",
-        "bool_parsing": f"must be true or false, {got}",
-        "bool_type": f"must be true or false, {got}",
-        "string_type": f"must be text, {got}",
-        "greater_than": f"must be greater than {_number(ctx.get('gt'))}, {got}",
-        "greater_than_equal": f"must be at least {_number(ctx.get('ge'))}, {got}",
-        "less_than": f"must be less than {_number(ctx.get('lt'))}, {got}",
-        "less_than_equal": f"must be at most {_number(ctx.get('le'))}, {got}",
-        "literal_error": f"must be one of {ctx.get('expected')}, {got}",
-        "list_type": f"must be a list such as [[4, 12], [8, 16]], {got}",
-        "tuple_type": f"each pair must be [student, teacher], {got}",
-        "too_short": f"each pair must be [student, teacher], {got}",
-        "too_long": f"each pair must be [student, teacher], {got}",
-        "extra_forbidden": unknown_key_message(key),
-    }
-    if kind in messages:
-        return key, messages[kind]
-    return key, error["msg"]
-
-
-def validate_config(data: Any) -> TrainConfig:
-    """Validate a flat config dict; raise ConfigError listing every problem with what to change."""
-    if not isinstance(data, dict):
-        raise ConfigError([("", f"a config must be a JSON object of keys and values, got {type(data).__name__}")])
-    errors = [(str(key), unknown_key_message(str(key))) for key in data if key not in FIELDS]
-    known = {key: value for key, value in data.items() if key in FIELDS}
+def _schema(known: dict, problems: list) -> TrainConfig | None:
+    """Each key's checks and the rules between keys. Problems go to ``problems``; returns the config when
+    the next stage can look at it: the keys that failed their own checks take their defaults, and rule
+    problems on those keys are left out (their own problem is already told)."""
+    rules: list[tuple[str, str]] = []
     try:
-        config = TrainConfig.model_validate(known)
+        return TrainConfig.model_validate(known, context={"problems": problems})
     except ValidationError as exc:
-        errors += [_friendly(error) for error in exc.errors()]
-        raise ConfigError(errors) from None
-    except FieldProblem as exc:  # raised outside pydantic's wrapping (cannot happen today; kept explicit)
-        raise ConfigError(errors + [(exc.field, str(exc))]) from None
-    if errors:
-        raise ConfigError(errors)
+        for error in exc.errors():
+            rules += _friendly(error)
+    problems += rules
+    failed = {key.split(".")[0] for key, _ in rules}
+    if failed & MODEL_KEYS:
+        return None
+    later: list[tuple[str, str]] = []
+    try:
+        config = TrainConfig.model_validate({k: v for k, v in known.items() if k not in failed}, context={"problems": later})
+    except ValidationError:
+        return None
+    problems += [(key, message) for key, message in later if key not in failed]
     return config
 
 
-def import_simpletuner(data: dict) -> tuple[dict, list[str]]:
-    """A SimpleTuner config.json (keys written as ``--key``, values often strings) → our flat dict.
+def _unset(value) -> bool:
+    """null, "" and SimpleTuner's "None" mean the key is not set: it takes its default."""
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null"))
 
-    Known keys are kept (pydantic converts "true" / "1e-4" / "8"); keys we do not have are listed in
-    one warning and dropped, since such a file carries many options of SimpleTuner's own.
-    """
-    ours, ignored = {}, []
-    for raw_key, value in data.items():
-        key = raw_key[2:] if raw_key.startswith("--") else raw_key
-        if key not in FIELDS:
-            ignored.append(key)
-            continue
-        if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
-            value = None
-        ours[key] = value
-    ours = {key: value for key, value in ours.items() if value is not None or FIELDS[key].default is None}
-    warnings = []
-    if ignored:
-        warnings.append(
-            f"imported a SimpleTuner config: ignored {len(ignored)} key(s) this program does not have: "
-            + ", ".join(sorted(ignored))
-        )
-    return ours, warnings
+
+def _object(data: Any, what: str = "a config") -> dict:
+    if not isinstance(data, dict):
+        raise ConfigError([("", f"{what} must be a JSON object of keys and values, got {type(data).__name__}")])
+    if len(data) > MAX_KEYS:
+        raise ConfigError([("", f"{what} has {len(data):,} keys, more than the {MAX_KEYS:,} any config can have: "
+                                "send the run's config, a few dozen keys")])
+    return data
+
+
+def validate_config(data: Any) -> TrainConfig:
+    """Validate a flat config dict; raise ConfigError listing every problem of every stage with what to change."""
+    data = _object(data)
+    problems = unknown_key_problems([str(key) for key in data if key not in FIELDS], FIELDS)
+    known = {key: value for key, value in data.items() if key in FIELDS and not _unset(value)}
+    config = _schema(known, problems)
+    if config is not None:
+        failed = {key.split(".")[0] for key, _ in problems}
+        problems += [(key, message) for key, message in environment_problems(config) if key not in failed]
+    if problems:
+        raise ConfigError(list(dict.fromkeys(problems)))
+    return config
 
 
 def is_simpletuner_style(data: dict) -> bool:
     return any(str(key).startswith("--") for key in data)
 
 
+def import_config(data: Any) -> tuple[dict, list[str]]:
+    """A config file's JSON, ours or SimpleTuner's, → (our flat dict, warnings).
+
+    SimpleTuner writes keys as ``--key`` and values often as text (pydantic converts "true" / "1e-4" /
+    "8"); its keys we do not have are dropped with one warning, since such a file carries many options
+    of SimpleTuner's own. In our own files an unknown key is kept, so the checks name it. In both,
+    an unset value (null, "", "None") leaves the key out: it takes its default.
+    """
+    data = _object(data, "a config file")
+    simpletuner = is_simpletuner_style(data)
+    ours, ignored = {}, []
+    for raw_key, value in data.items():
+        key = str(raw_key)
+        key = key[2:] if key.startswith("--") else key
+        if key not in FIELDS and simpletuner:
+            ignored.append(key)
+        elif key not in FIELDS or not _unset(value):
+            ours[key] = value
+    warnings = []
+    if ignored:
+        names = sorted(ignored)
+        listed = ", ".join(names[:50]) + (f" and {len(names) - 50} more" if len(names) > 50 else "")
+        warnings.append(f"imported a SimpleTuner config: ignored {len(ignored)} key(s) this program does not have: {listed}")
+    return ours, warnings
+
+
 def read_config_file(path: str | Path) -> tuple[dict, list[str]]:
-    """Read a config JSON file; returns (flat dict, warnings). SimpleTuner-style files are imported."""
+    """Read a config JSON file; returns (flat dict, warnings), imported by ``import_config``."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError([("", f"cannot read config file {str(path)!r}: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([("", f"config file {str(path)!r} is not UTF-8 text: save it as UTF-8 JSON")]) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -371,9 +308,7 @@ def read_config_file(path: str | Path) -> tuple[dict, list[str]]:
         ) from None
     if not isinstance(data, dict):
         raise ConfigError([("", f"config file {str(path)!r} must hold a JSON object of keys and values")])
-    if is_simpletuner_style(data):
-        return import_simpletuner(data)
-    return data, []
+    return import_config(data)
 
 
 def config_to_json(config: TrainConfig) -> dict:

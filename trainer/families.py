@@ -30,6 +30,11 @@ class Family:
     unsupported: str | None = None  # why LayerSync cannot train this family (refused at submit time)
     temporal_factor: int | None = None  # video VAEs: clips must have temporal_factor·k + 1 frames
     aliases: tuple[str, ...] = ()  # other names users know it by (SimpleTuner's model_family values)
+    # the values a config leaves unset take: the family's native size, a clip length its VAE accepts;
+    # None where the knob does not apply (frames of an image model, pixels of an audio one)
+    default_resolution: int | None = 1024
+    default_num_frames: int | None = None
+    default_audio_duration: float | None = None
 
 
 def _per_layer(depth, layers: int) -> list[int]:
@@ -131,6 +136,7 @@ FAMILIES: dict[str, Family] = {
         builtin_config=DEMO_MODEL_CONFIG,
         default_learning_rate=1e-3,
         resolution_multiple=2,
+        default_resolution=16,  # the digits are 8×8: 16 px trains in seconds on a CPU
     ),
     "flux": _family(
         "flux", "Flux / Flux Kontext", "FluxTransformer2DModel",
@@ -148,7 +154,7 @@ FAMILIES: dict[str, Family] = {
                     resolution_multiple=8),
     "sana": _family("sana", "Sana", "SanaTransformer2DModel", "Linear-attention DiT blocks.", resolution_multiple=32),
     "qwen_image": _family("qwen_image", "Qwen Image / Qwen Image Edit", "QwenImageTransformer2DModel",
-                          "Dual-stream MMDiT blocks.", aliases=("qwen_image_edit",)),
+                          "Dual-stream MMDiT blocks.", aliases=("qwen_image_edit",), default_resolution=1328),
     "chroma": _family("chroma", "Chroma", "ChromaTransformer2DModel", "Double-stream then single-stream blocks.",
                       depth=("num_layers", "num_single_layers")),
     "hidream": _family("hidream", "HiDream", "HiDreamImageTransformer2DModel", "Double-stream then single-stream blocks.",
@@ -162,18 +168,24 @@ FAMILIES: dict[str, Family] = {
     "lumina2": _family("lumina2", "Lumina 2", "Lumina2Transformer2DModel",
                        "Joint caption+image layers; the caption tokens are sliced off."),
     "omnigen": _family("omnigen", "OmniGen", "OmniGenTransformer2DModel", "Phi-3-style layers over text and image tokens."),
-    "wan": _family("wan", "Wan (video)", "WanTransformer3DModel", "Video DiT blocks.", media="video", temporal_factor=4),
+    "wan": _family("wan", "Wan (video)", "WanTransformer3DModel", "Video DiT blocks.", media="video", temporal_factor=4,
+                 default_resolution=480, default_num_frames=81),
     "hunyuan_video": _family("hunyuan_video", "Hunyuan Video", "HunyuanVideoTransformer3DModel",
                              "Double-stream then single-stream blocks (the token refiner is not numbered).",
-                             depth=("num_layers", "num_single_layers"), media="video", temporal_factor=4),
+                             depth=("num_layers", "num_single_layers"), media="video", temporal_factor=4,
+                             default_resolution=544, default_num_frames=129),
     "ltxvideo": _family("ltxvideo", "LTX-Video", "LTXVideoTransformer3DModel", "Video DiT blocks over patchified tokens.",
-                        media="video", temporal_factor=8, resolution_multiple=32),
+                        media="video", temporal_factor=8, resolution_multiple=32,
+                        default_resolution=512, default_num_frames=121),
     "kandinsky5_video": _family("kandinsky5_video", "Kandinsky 5 Video", "Kandinsky5Transformer3DModel",
-                                "Visual transformer blocks.", depth=("num_visual_blocks",), media="video", temporal_factor=4),
+                                "Visual transformer blocks.", depth=("num_visual_blocks",), media="video", temporal_factor=4,
+                                default_resolution=512, default_num_frames=121),
     "cosmos": _family("cosmos", "Cosmos-Predict2", "CosmosTransformer3DModel",
-                      "Video DiT blocks of Cosmos-Predict2 (Cosmos 1.0's EDM models are refused).", media="video", temporal_factor=4),
+                      "Video DiT blocks of Cosmos-Predict2 (Cosmos 1.0's EDM models are refused).", media="video", temporal_factor=4,
+                      default_resolution=704, default_num_frames=93),
     "ace_step": _family("ace_step", "ACE-Step (audio)", "AceStepTransformer1DModel", "Audio DiT blocks.", media="audio",
-                        depth=("num_hidden_layers",), resolution_multiple=1),
+                        depth=("num_hidden_layers",), resolution_multiple=1,
+                        default_resolution=None, default_audio_duration=10.0),
     "kolors": _family("kolors", "Kolors", "UNet2DConditionModel", "SDXL's UNet with a ChatGLM text encoder.",
                       depth=(), count_blocks=unet_transformer_blocks, check_pair=unet_pair_problem,
                       resolution_multiple=8),
@@ -203,20 +215,38 @@ class ModelDirError(ValueError):
     """A pretrained model path that cannot be read; the message says what to fix."""
 
 
-def find_model_config(path: str) -> Path:
-    """The transformer's config.json inside a model directory or a diffusers pipeline directory."""
+def family_defaults(name: str) -> dict:
+    """The family's own value of each key whose default depends on the family; a config that leaves one
+    of these keys unset gets this value. None: the key does not apply to this family."""
+    family = find_family(name)
+    if family is None:
+        raise KeyError(name)
+    return {
+        "resolution": family.default_resolution,
+        "num_frames": family.default_num_frames,
+        "audio_duration": family.default_audio_duration,
+        "learning_rate": family.default_learning_rate,
+    }
+
+
+MODEL_SUBFOLDERS = ("transformer", "unet")  # where a diffusers pipeline folder keeps the trained component
+
+
+def find_model_config(path: str, subfolders: tuple[str, ...] = MODEL_SUBFOLDERS) -> Path:
+    """The trained component's config.json: in the model directory itself, or in one of the ``subfolders``
+    of a diffusers pipeline directory."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise ModelDirError(
             f"model directory {path!r} does not exist: give a local directory written by save_pretrained "
             "(no hub downloads), or leave it empty for the built-in demo model"
         )
-    for candidate in (root / "config.json", root / "transformer" / "config.json", root / "unet" / "config.json"):
+    for candidate in (root / "config.json", *(root / sub / "config.json" for sub in subfolders)):
         if candidate.is_file():
             return candidate
     raise ModelDirError(
-        f"{path!r} holds no config.json (looked in it and in its transformer/ and unet/ folders): "
-        "point it at the folder that save_pretrained wrote"
+        f"{path!r} holds no config.json (looked in it and in {' and '.join(sub + '/' for sub in subfolders)}): "
+        "point pretrained_model_name_or_path at the folder that save_pretrained wrote"
     )
 
 

@@ -47,6 +47,9 @@ def family_config(family: str, model_dir: Path, data_dir: Path, output_dir: Path
         validation_steps=0,
         checkpointing_steps=0,
         caption_dropout_probability=0.5,
+        # tiny sizes, not the family's native ones: every family trains in seconds on a CPU
+        resolution=16,
+        num_frames=5,
     )
     config.update(overrides)
     return config

@@ -3,22 +3,15 @@
 import json
 from pathlib import Path
 
+from trainer.families import MODEL_SUBFOLDERS, find_model_config
 
-def component_dir(path: str, subfolders=("transformer", "unet")) -> Path:
+
+def component_dir(path: str, subfolders: tuple[str, ...] = MODEL_SUBFOLDERS) -> Path:
     """The folder holding the component's config.json: ``path`` itself, or its transformer/ (unet/) folder."""
-    root = Path(path).expanduser()
-    if (root / "config.json").is_file():
-        return root
-    for sub in subfolders:
-        if (root / sub / "config.json").is_file():
-            return root / sub
-    raise ValueError(
-        f"{path!r} holds no config.json (looked in it and in {', '.join(s + '/' for s in subfolders)}): "
-        "point pretrained_model_name_or_path at the folder save_pretrained wrote"
-    )
+    return find_model_config(path, subfolders).parent
 
 
-def load_component(cls, path: str, subfolders=("transformer", "unet"), **kwargs):
+def load_component(cls, path: str, subfolders: tuple[str, ...] = MODEL_SUBFOLDERS, **kwargs):
     """``cls.from_pretrained`` on the local folder, after checking config.json names that class."""
     folder = component_dir(path, subfolders)
     declared = json.loads((folder / "config.json").read_text()).get("_class_name")

@@ -1,0 +1,207 @@
+"""The rules of a config beyond each key's own type and range, in two stages, and its notices.
+
+``rule_problems`` is pure: it reads only the config and the registry (the schema runs it).
+``environment_problems`` reads the disk: the folders, the encoded data's manifest.json, the model's
+config.json (its depth, a UNet's levels). Each returns every problem it finds, with its key, so a
+bad config is told all of them at once. ``config_notices`` says what a user should know about a
+config that may be valid (or still half-typed in the form). Torch-free.
+"""
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from trainer.families import Family, ModelDirError, find_family, model_config, model_depth, supported_families
+from trainer.problems import FieldProblem
+
+Problems = list[tuple[str, str]]
+
+
+def resolve_block_index(index: int, depth: int, role: str = "block") -> int:
+    """1-based-friendly: ``index`` means block ``index - 1`` (as the paper counts), and block ``index``
+    (0-based) only when ``index - 1`` does not exist. Returns the 0-based block."""
+    if depth < 1:
+        raise FieldProblem(f"layersync_{role}_block", "this model exposes no transformer blocks")
+    for candidate in (index - 1, index):
+        if 0 <= candidate < depth:
+            return candidate
+    raise FieldProblem(
+        f"layersync_{role}_block",
+        f"{role} block {index} does not exist: this model has {depth} blocks, choose 1–{depth}",
+    )
+
+
+def family_problem(name: str) -> tuple[Family | None, str | None]:
+    """The family a config names, or why it cannot be trained."""
+    family = find_family(name)
+    if family is None:
+        return None, f"unknown model family {name!r}: choose one of {', '.join(supported_families())}"
+    if family.unsupported:
+        return None, (f"{family.label} cannot be trained with LayerSync: {family.unsupported}. "
+                      f"Families that work: {', '.join(supported_families())}")
+    return family, None
+
+
+def _multiple_advice(value: int, multiple: int) -> str:
+    if value < multiple:
+        return f"{multiple}"
+    return f"{value // multiple * multiple} or {(value // multiple + 1) * multiple}"
+
+
+def rule_problems(config, family: Family) -> Problems:
+    """Cross-key rules of a config whose keys each passed their own checks and whose family's defaults
+    are filled in. Pure: no disk."""
+    problems = []
+    if config.pretrained_model_name_or_path is None and family.builtin_config is None:
+        problems.append(("pretrained_model_name_or_path", (
+            f"{family.label} has no built-in model: set pretrained_model_name_or_path to a local diffusers "
+            "pipeline directory (the folder save_pretrained writes)")))
+    if family.builtin_config is None and config.instance_data_dir is None:
+        problems.append(("instance_data_dir", (
+            f"{family.label} trains on your data: set instance_data_dir to a folder of {family.media} files with "
+            f"same-named {config.caption_extension} captions")))
+    if not config.caption_extension.startswith(".") or len(config.caption_extension) < 2:
+        problems.append(("caption_extension",
+                         f"caption_extension must start with a dot, like .txt; got {config.caption_extension!r}"))
+    multiple, resolution = family.resolution_multiple, config.resolution
+    if resolution is not None and resolution % multiple:
+        problems.append(("resolution", (
+            f"resolution {resolution} is not a multiple of {multiple} ({family.label}'s VAE and patch size): "
+            f"use {_multiple_advice(resolution, multiple)}")))
+    builtin = family.builtin_config is not None and config.pretrained_model_name_or_path is None
+    if builtin and resolution is not None and resolution > 64:
+        problems.append(("resolution", f"the built-in demo model trains at up to 64 px, got {resolution}"))
+    if config.layersync_enabled:
+        if config.layersync_student_block is None and not config.layersync_pairs:
+            problems.append(("layersync_student_block", (
+                "LayerSync is enabled but no student block is set: set layersync_student_block (e.g. 8), "
+                "or turn LayerSync off")))
+        if config.layersync_lambda is not None and config.layersync_lambda <= 0:
+            problems.append(("layersync_lambda", (
+                f"LayerSync weight must be > 0, got {config.layersync_lambda}: keep the default 0.2 if unsure, "
+                "or turn LayerSync off")))
+    return problems
+
+
+def _frames_problem(config, family: Family) -> str | None:
+    factor, frames = family.temporal_factor, config.num_frames
+    if not factor or frames is None or (frames - 1) % factor == 0:
+        return None
+    data = config.instance_data_dir
+    if data is not None and (Path(data).expanduser() / "manifest.json").is_file():
+        return None  # already encoded: its clips have the length they were encoded with
+    lower = (frames - 1) // factor * factor + 1
+    return (f"num_frames {frames} does not fit the VAE of {family.label}, which needs {factor}k+1 frames: "
+            f"use {lower} or {lower + factor}")
+
+
+def environment_problems(config) -> Problems:
+    """What the disk says about a config that passed the schema: every problem, with its key."""
+    family = find_family(config.model_family)
+    problems = []
+    data = config.instance_data_dir
+    if data is not None and not Path(data).expanduser().is_dir():
+        problems.append(("instance_data_dir", f"instance_data_dir {data!r} is not a folder: check the path"))
+    frames = _frames_problem(config, family)
+    if frames:
+        problems.append(("num_frames", frames))
+    path = config.pretrained_model_name_or_path
+    if path is None and family.builtin_config is None:
+        return problems  # the schema already asked for a model directory
+    try:
+        model = model_config(family, path)
+        depth = model_depth(family, path) if config.layersync_enabled else 0
+    except ModelDirError as exc:
+        return problems + [("pretrained_model_name_or_path", str(exc))]
+    for student, teacher in config.pairs():
+        try:
+            s = resolve_block_index(student, depth, "student")
+        except FieldProblem as exc:
+            problems.append((exc.field, str(exc)))
+            s = None
+        try:
+            t = resolve_block_index(teacher, depth, "teacher")
+        except FieldProblem as exc:
+            if s is not None or teacher != student:  # else it is the student's problem again, told once
+                problems.append((exc.field, str(exc)))
+            continue
+        # where blocks differ in shape (a UNet's levels), the family says now, before any step, which pairs fit
+        problem = s is not None and family.check_pair and family.check_pair(model, s, t, config.resolution or 0)
+        if problem:
+            problems.append(("layersync_teacher_block", problem))
+    return list(dict.fromkeys(problems))
+
+
+# ---- notices ---------------------------------------------------------------------------------------
+
+
+def _int(value) -> int | None:
+    """A block number as a config or a form gives it ("8", 8, 8.0), or None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    try:
+        return int(str(value).strip()) if not isinstance(value, int) else value
+    except ValueError:
+        return None
+
+
+def _on(value) -> bool:
+    return value is True or str(value).strip().lower() in ("true", "on", "1", "yes")
+
+
+def _pairs(data: Mapping) -> list[tuple[int, int]]:
+    pairs = []
+    student = _int(data.get("layersync_student_block"))
+    teacher = _int(data.get("layersync_teacher_block"))
+    if student is not None:
+        pairs.append((student, student if teacher is None else teacher))
+    extra = data.get("layersync_pairs")
+    for pair in extra if isinstance(extra, (list, tuple)) else []:
+        if isinstance(pair, (list, tuple)) and len(pair) == 2:
+            s, t = _int(pair[0]), _int(pair[1])
+            if s is not None and t is not None and (s, t) not in pairs:
+                pairs.append((s, t))
+    return pairs
+
+
+def _depth(family: Family | None, data: Mapping) -> int | None:
+    if family is None:
+        return None
+    path = data.get("pretrained_model_name_or_path") or None
+    try:
+        return model_depth(family, path if isinstance(path, str) else None)
+    except ModelDirError:
+        return None
+
+
+def config_notices(data: Mapping) -> list[tuple[str, str]]:
+    """(key, notice) for what the user should know about a config, valid or not, whole or partial:
+    shown beside the form's fields and logged when a run starts."""
+    notes = []
+    family = find_family(str(data.get("model_family") or "demo"))
+    enabled = _on(data.get("layersync_enabled"))
+    blocks = [key for key in ("layersync_student_block", "layersync_teacher_block") if _int(data.get(key)) is not None]
+    if not enabled and blocks:
+        notes.append((blocks[0], "LayerSync blocks are set but LayerSync is off (layersync_enabled=false): "
+                                 "they are ignored"))
+    if family is not None and family.builtin_config is not None and data.get("instance_data_dir"):
+        notes.append(("instance_data_dir", f"instance_data_dir is ignored: the {family.label} trains on its built-in data"))
+    if not enabled:
+        return notes
+    depth = _depth(family, data)
+    for student, teacher in _pairs(data):
+        try:  # without a readable model, the numbering alone (as if the model were deep enough)
+            s = resolve_block_index(student, depth or max(student, teacher) + 1, "student")
+            t = resolve_block_index(teacher, depth or max(student, teacher) + 1, "teacher")
+        except FieldProblem:
+            continue  # a block the model lacks is a problem, not a notice: the checks report it
+        if s == t:
+            notes.append(("layersync_teacher_block", (
+                f"LayerSync is a no-op: teacher block {teacher} is the student block {student}, so the detached "
+                "similarity is always 1 and its gradient is zero; set layersync_teacher_block a few blocks deeper")))
+        elif t < s:
+            notes.append(("layersync_teacher_block", (
+                f"teacher block {teacher} is shallower than student block {student}: LayerSync pulls the student "
+                "toward a deeper block; swap them unless you mean it")))
+    return notes
