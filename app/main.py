@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from app import errors
+from app import errors, limits
 from app.auth import AuthMiddleware
 from app.db import create_schema, make_engine
 from app.follower import follow_forever
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(auth.router)
     app.add_middleware(AuthMiddleware, settings=settings)  # a no-op unless settings.token is set
+    app.add_middleware(limits.BodyLimit)  # outermost: a too-large body is refused before anything reads it
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
     return app
 
