@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from app.runs import NotFound, RunStateError
 from trainer.config import ConfigError
+from trainer.problems import error_words, printable
 
 class Problem(BaseModel):
     loc: list[str | int]
@@ -40,9 +41,10 @@ EXAMPLE = '{"layersync_enabled": true, "layersync_student_block": 8, "layersync_
 
 
 def human_message(error: dict) -> str:
-    """One of FastAPI's request errors in words a person understands."""
-    loc, kind, ctx, value = error["loc"], error["type"], error.get("ctx") or {}, error.get("input")
-    where, name = loc[0], str(loc[-1]) if len(loc) > 1 else "the body"
+    """One of FastAPI's request errors in words a person understands (a value's words are the config's)."""
+    loc, kind, value = error["loc"], error["type"], error.get("input")
+    ctx = error.get("ctx") or {}
+    where, name = loc[0], printable(str(loc[-1])) if len(loc) > 1 else "the body"
     if kind == "json_invalid":
         return f"the body is not valid JSON ({ctx.get('error', 'cannot parse it')}): send one JSON object, e.g. {EXAMPLE}"
     if where == "body" and kind == "missing":
@@ -51,16 +53,7 @@ def human_message(error: dict) -> str:
         return f"the body was not sent as JSON: send it with the header Content-Type: application/json, e.g. {EXAMPLE}"
     if where == "body" and kind == "dict_type":
         return f"the config must be a JSON object of keys and values, got {JSON_KINDS.get(type(value), 'something else')}: e.g. {EXAMPLE}"
-    messages = {
-        "missing": f"{name} is required",
-        "int_parsing": f"{name} must be a whole number, got {value!r}",
-        "int_type": f"{name} must be a whole number, got {value!r}",
-        "greater_than_equal": f"{name} must be at least {ctx.get('ge')}, got {value}",
-        "less_than_equal": f"{name} must be at most {ctx.get('le')}, got {value}",
-        "literal_error": f"{name} must be one of {ctx.get('expected')}, got {value!r}",
-        "string_too_long": f"{name} is too long: keep it to {ctx.get('max_length')} characters",
-    }
-    return messages.get(kind, f"{name}: {error['msg']}")
+    return f"{name} {error_words(error)}"
 
 
 def _detail(status: int, detail) -> JSONResponse:
@@ -68,7 +61,8 @@ def _detail(status: int, detail) -> JSONResponse:
 
 
 async def _request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return _detail(422, [{"loc": list(error["loc"]), "msg": human_message(error)} for error in exc.errors()])
+    return _detail(422, [{"loc": [printable(part) if isinstance(part, str) else part for part in error["loc"]],
+                          "msg": human_message(error)} for error in exc.errors()])
 
 
 async def _config_invalid(request: Request, exc: ConfigError) -> JSONResponse:

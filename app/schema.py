@@ -4,7 +4,7 @@ Read from the one schema (trainer.config) so a form never offers a key the worke
 """
 
 from trainer.config import TrainConfig
-from trainer.families import FAMILIES, ModelDirError, model_depth
+from trainer.families import FAMILIES, ModelDirError, family_defaults, model_depth
 
 BOUNDS = {"minimum": "minimum", "maximum": "maximum", "exclusiveMinimum": "exclusive_minimum",
           "exclusiveMaximum": "exclusive_maximum"}
@@ -35,12 +35,13 @@ def _field(key: str, spec: dict) -> dict:
 
 
 def families() -> list[dict]:
-    """The model families; ``depth`` is the built-in model's block count (None without one)."""
+    """The model families; ``depth`` is the built-in model's block count (None without one); ``defaults``
+    the values an unset key takes with this family (None: the key does not apply to it)."""
     return [
         {"name": family.name, "label": family.label, "description": family.description,
          "diffusers_class": family.diffusers_class, "media": family.media, "aliases": list(family.aliases),
          "depth": _builtin_depth(family), "default_learning_rate": family.default_learning_rate,
-         "resolution_multiple": family.resolution_multiple,
+         "resolution_multiple": family.resolution_multiple, "defaults": family_defaults(family.name),
          "supported": family.unsupported is None, "unsupported": family.unsupported}
         for family in FAMILIES.values()
     ]

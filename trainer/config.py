@@ -8,10 +8,11 @@ server imports this module.
 """
 
 import json
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from trainer.checks import config_notices, environment_problems, family_problem, resolve_block_index, rule_problems
@@ -33,28 +34,19 @@ MAX_PATH = 4096  # PATH_MAX on Linux
 MAX_NAME = 100
 
 
-def _not_bool(value):
-    # JSON true is a Python int: without this, `"max_train_steps": true` would be one step
-    if isinstance(value, bool):
-        raise PydanticCustomError("number_not_bool", "must be a number, not true or false")
-    return value
+# JSON true is a Python int: without this check, `"max_train_steps": true` would be one step
+NOT_BOOL = PydanticCustomError("number_not_bool", "must be a number, not true or false")
+
+Block = Annotated[int, Field(ge=0, le=MAX_BLOCK)]
 
 
-def _utf8(value: str) -> str:
-    # a lone surrogate ("\ud800") is a Python str but no UTF-8 text: it could be stored, never written out
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise PydanticCustomError("text_not_utf8", "contains a character that is not text (a lone surrogate "
-                                  "such as \\ud800): remove it") from None
-    return value
+def _numeric(annotation) -> bool:
+    """Whether a key's type is, or holds, a number (int | None, list[tuple[int, int]], ...)."""
+    return annotation in (int, float) or any(_numeric(arg) for arg in typing.get_args(annotation))
 
 
-Int = Annotated[int, BeforeValidator(_not_bool)]
-Float = Annotated[float, BeforeValidator(_not_bool)]
-Steps = Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=MAX_STEPS)]
-Block = Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=MAX_BLOCK)]
-Text = Annotated[str, AfterValidator(_utf8)]
+def _holds_bool(value) -> bool:
+    return isinstance(value, bool) or (isinstance(value, (list, tuple)) and any(_holds_bool(v) for v in value))
 
 
 class TrainConfig(BaseModel):
@@ -63,85 +55,92 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, protected_namespaces=())
 
     # model
-    model_family: Text = Field("demo", max_length=MAX_NAME, description="Model family from the registry (see `layersync families`).")
-    pretrained_model_name_or_path: Text | None = Field(
+    model_family: str = Field("demo", max_length=MAX_NAME, description="Model family from the registry (see `layersync families`).")
+    pretrained_model_name_or_path: str | None = Field(
         None, max_length=MAX_PATH, description="Local model directory (save_pretrained layout). Empty: the family's built-in model."
     )
-    resolution: Int | None = Field(
+    resolution: int | None = Field(
         None, ge=8, le=4096,
         description="Image (or video frame) size in pixels, square; a multiple of the family's factor (2 for the demo, 16 for most). Empty: the family's native size.",
     )
     model_type: Literal["full", "lora"] = Field("full", description="Train every weight, or a LoRA adapter (peft) on the attention projections.")
-    lora_rank: Int = Field(16, ge=1, le=1024, description="LoRA rank.")
-    lora_alpha: Float | None = Field(None, gt=0, description="LoRA alpha; empty: equal to the rank (scale 1).")
+    lora_rank: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha; empty: equal to the rank (scale 1).")
     # data (the demo family uses its built-in digits)
-    instance_data_dir: Text | None = Field(
+    instance_data_dir: str | None = Field(
         None, max_length=MAX_PATH,
         description="Folder of training images (videos, audio) with same-named .txt captions, or of pre-encoded .safetensors examples.",
     )
-    caption_extension: Text = Field(".txt", max_length=32, description="Extension of the caption files beside each example.")
+    caption_extension: str = Field(".txt", max_length=32, description="Extension of the caption files beside each example.")
     center_crop: bool = Field(True, description="Center-crop to a square before resizing; off: resize the whole image (aspect not kept).")
-    num_frames: Int | None = Field(
+    num_frames: int | None = Field(
         None, ge=1, le=1025, description="Frames per training clip (video families). Empty: the family's default clip length."
     )
-    audio_duration: Float | None = Field(
+    audio_duration: float | None = Field(
         None, gt=0, le=600, description="Seconds per training clip (audio families). Empty: the family's default."
     )
-    cache_dir: Text | None = Field(
+    cache_dir: str | None = Field(
         None, max_length=MAX_PATH, description="Where encoded latents and caption embeddings are cached; empty: ~/.cache/layersync-studio."
     )
-    validation_prompt: Text | None = Field(
+    validation_prompt: str | None = Field(
         None, max_length=MAX_PROMPT, description="Prompt of the validation samples; empty: the first captions of the dataset."
     )
     # training
-    output_dir: Text | None = Field(None, max_length=MAX_PATH, description="Where events, samples and checkpoints go.")
-    max_train_steps: Steps = Field(500, ge=1, description="Number of optimizer steps.")
-    train_batch_size: Int = Field(32, ge=1, le=65536, description="Images per step.")
-    learning_rate: Float | None = Field(
+    output_dir: str | None = Field(None, max_length=MAX_PATH, description="Where events, samples and checkpoints go.")
+    max_train_steps: int = Field(500, ge=1, le=MAX_STEPS, description="Number of optimizer steps.")
+    train_batch_size: int = Field(32, ge=1, le=65536, description="Images per step.")
+    learning_rate: float | None = Field(
         None, gt=0, description="Peak AdamW learning rate; empty: the family's default (1e-3 for the demo trained from scratch)."
     )
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
         "constant", description="Learning-rate schedule after warmup."
     )
-    lr_warmup_steps: Steps = Field(0, description="Linear warmup steps.")
-    adam_beta1: Float = Field(0.9, ge=0, lt=1)
-    adam_beta2: Float = Field(0.999, ge=0, lt=1)
-    adam_weight_decay: Float = Field(0.0, ge=0)
-    adam_epsilon: Float = Field(1e-8, gt=0)
-    max_grad_norm: Float = Field(1.0, ge=0, description="Gradient clipping norm; 0 turns clipping off.")
-    seed: Int = Field(0, ge=0, le=2**32 - 1, description="Seed of weights, batches and noise; the same seed gives the same run.")
-    caption_dropout_probability: Float = Field(
+    lr_warmup_steps: int = Field(0, ge=0, le=MAX_STEPS, description="Linear warmup steps.")
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_weight_decay: float = Field(0.0, ge=0)
+    adam_epsilon: float = Field(1e-8, gt=0)
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm; 0 turns clipping off.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of weights, batches and noise; the same seed gives the same run.")
+    caption_dropout_probability: float = Field(
         0.1, ge=0, le=1, description="Share of examples whose caption (or label) is dropped to the empty one (classifier-free guidance)."
     )
     use_ema: bool = Field(False, description="Keep an exponential moving average of the weights for sampling.")
-    ema_decay: Float = Field(0.999, gt=0, lt=1)
+    ema_decay: float = Field(0.999, gt=0, lt=1)
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
         "no", description="Autocast precision on a GPU; the CPU always trains in fp32."
     )
-    logging_steps: Steps = Field(10, ge=1, description="Steps averaged into each metric event.")
-    validation_steps: Steps = Field(100, description="Sample grid and held-out loss every N steps; 0 turns them off.")
-    validation_num_inference_steps: Int = Field(20, ge=1, le=1000, description="Euler steps of the sampler.")
-    validation_guidance: Float = Field(2.0, ge=1, description="Classifier-free guidance scale of the samples.")
-    checkpointing_steps: Steps = Field(100, description="Checkpoint every N steps (and always at the end); 0: at the end only.")
-    checkpoints_total_limit: Int | None = Field(None, ge=1, le=100_000, description="Keep only the newest N checkpoints.")
-    resume_from_checkpoint: Text | None = Field(
+    logging_steps: int = Field(10, ge=1, le=MAX_STEPS, description="Steps averaged into each metric event.")
+    validation_steps: int = Field(100, ge=0, le=MAX_STEPS, description="Sample grid and held-out loss every N steps; 0 turns them off.")
+    validation_num_inference_steps: int = Field(20, ge=1, le=1000, description="Euler steps of the sampler.")
+    validation_guidance: float = Field(2.0, ge=1, description="Classifier-free guidance scale of the samples.")
+    checkpointing_steps: int = Field(100, ge=0, le=MAX_STEPS, description="Checkpoint every N steps (and always at the end); 0: at the end only.")
+    checkpoints_total_limit: int | None = Field(None, ge=1, le=100_000, description="Keep only the newest N checkpoints.")
+    resume_from_checkpoint: str | None = Field(
         None, max_length=MAX_PATH, description="'latest' or a checkpoint folder: continue that run at its step."
     )
     # LayerSync
     layersync_enabled: bool = Field(False, description="Enable LayerSync.")
-    layersync_student_block: Block | None = Field(
-        None, description="Student block (1-based-friendly). On 24-block models start with 8."
+    layersync_student_block: int | None = Field(
+        None, ge=0, le=MAX_BLOCK, description="Student block (1-based-friendly). On 24-block models start with 8."
     )
-    layersync_teacher_block: Block | None = Field(
-        None, description="Teacher block, a few blocks deeper than the student (16 on 24-block models). Defaults to the student."
+    layersync_teacher_block: int | None = Field(
+        None, ge=0, le=MAX_BLOCK, description="Teacher block, a few blocks deeper than the student (16 on 24-block models). Defaults to the student."
     )
-    layersync_lambda: Float | None = Field(
+    layersync_lambda: float | None = Field(
         None, description="Weight of the negative-cosine term; 0.2 when enabled and unset; must be > 0."
     )
     layersync_pairs: list[tuple[Block, Block]] | None = Field(
         None, max_length=64, description="Extra student→teacher pairs, e.g. [[4, 12], [8, 16]]; each pair counts."
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value, info: ValidationInfo):
+        if _numeric(cls.model_fields[info.field_name].annotation) and _holds_bool(value):
+            raise NOT_BOOL
+        return value
 
     @model_validator(mode="after")
     def _resolve_and_check(self, info: ValidationInfo) -> "TrainConfig":

@@ -72,6 +72,8 @@ def error_words(error: dict) -> str:
         "bool_parsing": f"must be true or false, {got}",
         "bool_type": f"must be true or false, {got}",
         "string_type": f"must be text, {got}",
+        # a lone surrogate ("\ud800") is valid in JSON's escapes and a Python str, but it is no text
+        "string_unicode": "contains a character that is not text (a lone surrogate such as \\ud800): remove it",
         "greater_than": f"must be greater than {_number(ctx.get('gt'))}, {plain}",
         "greater_than_equal": f"must be at least {_number(ctx.get('ge'))}, {plain}",
         "less_than": f"must be less than {_number(ctx.get('lt'))}, {plain}",

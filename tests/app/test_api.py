@@ -38,9 +38,11 @@ def test_a_name_travels_as_a_query_parameter_and_the_body_stays_the_config(clien
 def test_config_errors_are_422_with_the_schemas_own_messages_and_no_run_row(client):
     bad = dict(SEED_SNIPPET, layersync_teacher_block=17, layersync_lambda=0, max_train_steps="many", layersync_enabld=True)
     errors = messages(client.post("/api/runs", json=bad))
-    assert errors == {
+    assert errors == {  # every problem at once: the key's own, the rules between keys, the model's depth
         "layersync_enabld": "unknown config key 'layersync_enabld': did you mean layersync_enabled?",
         "max_train_steps": "must be a whole number, got 'many'",
+        "layersync_lambda": "LayerSync weight must be > 0, got 0.0: keep the default 0.2 if unsure, or turn LayerSync off",
+        "layersync_teacher_block": "teacher block 17 does not exist: this model has 16 blocks, choose 1–16",
     }
     errors = messages(client.post("/api/runs", json=dict(SEED_SNIPPET, layersync_teacher_block=17)))
     assert errors["layersync_teacher_block"] == "teacher block 17 does not exist: this model has 16 blocks, choose 1–16"

@@ -148,7 +148,7 @@ def test_encoded_prompts_and_the_sampler_reproduce_the_pipeline(tmp_path):
 
     pipe = tiny_pipeline(tmp_path / "pipe")
     config = validate_config({"model_family": "auraflow", "pretrained_model_name_or_path": str(tmp_path / "pipe"),
-                              "instance_data_dir": str(tmp_path), "validation_num_inference_steps": 2})
+                              "instance_data_dir": str(tmp_path), "validation_num_inference_steps": 2, "resolution": 16})
     with torch.no_grad():
         cond, null = encode_prompts(pipe, ["a red square"], config), encode_prompts(pipe, [""], config)
     assert cond["prompt_embeds"].shape == (1, 256, 16) and cond["prompt_attention_mask"].shape == (1, 256)
