@@ -37,7 +37,7 @@ def record_points(session: Session, *, run_id: int, points: Iterable[tuple[int, 
 
 def _summarise(session: Session, run_id: int, name: str, blocks: set[int]) -> list[dict]:
     # recomputed from the points, not updated in place: an overwritten point may have been the extreme
-    points = _points(session, run_id, name, min(blocks) * BLOCK_STEPS, (max(blocks) + 1) * BLOCK_STEPS)
+    points = _points(session, run_id, name, after=min(blocks) * BLOCK_STEPS - 1, last=_last_step(max(blocks)))
     by_block: dict[int, list[tuple[int, float]]] = {}
     for step, value in points:
         if step // BLOCK_STEPS in blocks:
@@ -52,36 +52,44 @@ def _summarise(session: Session, run_id: int, name: str, blocks: set[int]) -> li
     return summaries
 
 
-def _points(session: Session, run_id: int, name: str, first: int, stop: int | None = None) -> list[tuple[int, float]]:
-    query = select(Metric.step, Metric.value).where(Metric.run_id == run_id, Metric.name == name, Metric.step >= first)
-    if stop is not None:
-        query = query.where(Metric.step < stop)
+def _last_step(block: int) -> int:
+    # the block's last step, not the next block's first step: the last block a stored step can fall in
+    # (SQL_INT_MAX // BLOCK_STEPS) has no next one within 64 bits, and a query cannot bind 2**63
+    return block * BLOCK_STEPS + BLOCK_STEPS - 1
+
+
+def _points(session: Session, run_id: int, name: str, *, after: int, last: int | None = None) -> list[tuple[int, float]]:
+    """The points with ``after`` < step (≤ ``last``), in step order."""
+    query = select(Metric.step, Metric.value).where(Metric.run_id == run_id, Metric.name == name, Metric.step > after)
+    if last is not None:
+        query = query.where(Metric.step <= last)
     return [tuple(row) for row in session.exec(query.order_by(Metric.step))]
 
 
 def metric_series(
     session: Session, *, run_id: int, names: list[str], since: int | None = None, max_points: int = 2000
 ) -> dict[str, dict[str, list]]:
-    """{name: {"steps": [...], "values": [...]}} for steps > ``since``, at most ``max_points`` each."""
-    first = 0 if since is None else since + 1
-    return {name: _series(session, run_id, name, first, max_points) for name in names}
+    """{name: {"steps": [...], "values": [...]}} for steps > ``since``, at most ``max_points`` each.
+    ``since`` may be any stored step (up to SQL_INT_MAX): the queries compare with it and never add to it."""
+    after = -1 if since is None else since  # steps are >= 0
+    return {name: _series(session, run_id, name, after, max_points) for name in names}
 
 
-def _series(session: Session, run_id: int, name: str, first: int, max_points: int) -> dict[str, list]:
-    first_block = -(-first // BLOCK_STEPS)  # the first block wholly at or after `first`
-    head = _points(session, run_id, name, first, first_block * BLOCK_STEPS)
+def _series(session: Session, run_id: int, name: str, after: int, max_points: int) -> dict[str, list]:
+    first_block = after // BLOCK_STEPS + 1  # the first block wholly after `after`
+    head = _points(session, run_id, name, after=after, last=_last_step(first_block - 1))
     blocks_query = select(func.count(), func.coalesce(func.sum(MetricBlock.count), 0)).where(
         MetricBlock.run_id == run_id, MetricBlock.name == name, MetricBlock.block >= first_block
     )
     block_count, point_count = session.exec(blocks_query).one()
     if len(head) + point_count <= max_points:
-        points = _points(session, run_id, name, first)
+        points = _points(session, run_id, name, after=after)
         return {"steps": [p[0] for p in points], "values": [p[1] for p in points]}
     # the head (before the first whole block) is a bucket of its own; at least one bucket is left for
     # the rest, so max_points 2 or 3 with a head may give 4 points rather than none
     buckets = max(1, max_points // 2 - (1 if head else 0))
     if block_count < buckets:  # too few blocks to fill the buckets: bucket the raw points (< BLOCK_STEPS * buckets)
-        points = _points(session, run_id, name, first)
+        points = _points(session, run_id, name, after=after)
         span = points[-1][0] - points[0][0] + 1
         return _downsample(points, origin=points[0][0], width=-(-span // buckets))
     # through the connection, not the ORM: plain tuples cost a third of ORM rows for thousands of blocks
@@ -91,7 +99,7 @@ def _series(session: Session, run_id: int, name: str, first: int, max_points: in
         .order_by(MetricBlock.block)
     ).all()
     if not rows:  # the summaries changed since they were counted (a deleted run): the head is all there is
-        return _downsample(head, origin=first, width=max(1, len(head)))
+        return _downsample(head, origin=after + 1, width=max(1, len(head)))
     # whole blocks per bucket, so a bucket's extremes are exactly its blocks' extremes
     blocks_per_bucket = -(-(rows[-1][2] // BLOCK_STEPS - first_block + 1) // buckets)
     candidates = head + [(min_step, min_value) for min_step, min_value, _, _ in rows]

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from sqlmodel import Session, delete, func, select, update
 
+from app.bounds import run_id_in_range
 from app.eventlog import append_event, file_url, server_event
-from app.models import FINISHED, SQL_INT_MAX, Metric, MetricBlock, Run, RunEvent, RunPublic, RunsPage, utcnow
+from app.models import FINISHED, Metric, MetricBlock, Run, RunEvent, RunPublic, RunsPage, utcnow
 from app.paths import check_client_paths, inside
 from app.workers import WORKER_LOG, stop_worker
 from trainer.events import EVENTS_FILE
@@ -77,11 +78,6 @@ def list_runs(session: Session, *, limit: int = 50, offset: int = 0, status: str
     runs = session.exec(query.order_by(Run.id.desc()).offset(offset).limit(limit))
     positions = queue_positions(session)
     return RunsPage(runs=[to_public(run, positions) for run in runs], total=session.exec(count).one(), limit=limit, offset=offset)
-
-
-def run_id_in_range(run_id: int) -> bool:
-    """Whether ``run_id`` can be a run's id: SQLite refuses to look up an integer beyond 64 bits (OverflowError)."""
-    return 0 < run_id <= SQL_INT_MAX
 
 
 def get_run(session: Session, *, run_id: int) -> Run:

@@ -2,14 +2,15 @@
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 from sqlmodel import func, select
 
 from app import errors, metrics, runs, schema, sse
+from app.bounds import EventsAfter, LastEventId, Limit, LogLines, MaxPoints, Offset, StepsAfter
 from app.db import SessionDep
 from app.eventlog import last_seq
-from app.models import RUN_STATUSES, SQL_INT_MAX, Run, RunPublic, RunsPage
+from app.models import RUN_STATUSES, Run, RunPublic, RunsPage
 from app.runs import NAME_MAX
 
 router = APIRouter(prefix="/api", tags=["api"], responses=errors.INVALID)
@@ -67,8 +68,8 @@ def create_run(
 @router.get("/runs")
 def list_runs(
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=SQL_INT_MAX)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
     status: Literal[RUN_STATUSES] | None = None,
 ) -> RunsPage:
     """Runs, newest first, a page at a time."""
@@ -85,8 +86,8 @@ def get_run(run: RunDep) -> RunPublic:
 def get_metrics(
     run: RunDep, session: SessionDep,
     names: Annotated[str | None, Query(description="Comma-separated series, e.g. loss,diffusion_loss; default: all.")] = None,
-    since: Annotated[int | None, Query(ge=0, le=SQL_INT_MAX, description="Only steps after this one.")] = None,
-    max_points: Annotated[int, Query(ge=2, le=100_000)] = 2000,
+    since: StepsAfter = None,
+    max_points: MaxPoints = 2000,
 ) -> dict:
     """Metric series downsampled to max_points (each bucket's min and max kept), and the last event id
     they include (follow on with GET /api/runs/{id}/events?since=that id)."""
@@ -100,8 +101,8 @@ def get_metrics(
             responses={200: {"content": {"text/event-stream": {}}}, 204: {"description": "The run has ended and nothing is left to send"}, **errors.RUN_ERRORS})
 async def run_events(
     run_id: int, request: Request,
-    since: Annotated[int | None, Query(ge=0, le=SQL_INT_MAX, description="Replay events after this id.")] = None,
-    last_event_id: Annotated[int | None, Header(ge=0, le=SQL_INT_MAX, description="Sent by EventSource on reconnect; wins over since.")] = None,
+    since: EventsAfter = None,
+    last_event_id: LastEventId = None,
 ) -> Response:
     """Server-Sent Events of the run (metric, status, log, sample, end): replay, then live; closes after end."""
     state = request.app.state
@@ -110,7 +111,7 @@ async def run_events(
 
 
 @router.get("/runs/{run_id}/log", responses=errors.RUN_ERRORS)
-def get_log(run: RunDep, lines: Annotated[int, Query(ge=1, le=10_000)] = 200) -> dict:
+def get_log(run: RunDep, lines: LogLines = 200) -> dict:
     """The last lines the worker printed."""
     return {"run_id": run.id, "lines": runs.log_tail(run.output_dir, lines)}
 

@@ -14,6 +14,7 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
 from starlette.concurrency import run_in_threadpool
 
+from app.bounds import Page
 from app.db import SessionDep
 from app.eventlog import last_seq
 from app.forms import FORM_FIELDS, SECTIONS, config_to_values, default_values, form_to_config, form_values, layersync_is_noop
@@ -91,13 +92,13 @@ def _runs_context(session, page: int) -> dict:
 
 
 @router.get("/", response_class=HTMLResponse)
-def runs_page(request: Request, session: SessionDep, page: Annotated[int, Query(ge=1)] = 1):
+def runs_page(request: Request, session: SessionDep, page: Page = 1):
     """The runs list, newest first."""
     return _render(request, "runs.html", nav="runs", **_runs_context(session, page))
 
 
 @router.get("/partials/runs", response_class=HTMLResponse)
-def runs_rows(request: Request, session: SessionDep, page: Annotated[int, Query(ge=1)] = 1):
+def runs_rows(request: Request, session: SessionDep, page: Page = 1):
     """The runs table's rows (polled while a run is live)."""
     return _render(request, "partials/runs_rows.html", **_runs_context(session, page))
 

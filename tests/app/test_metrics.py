@@ -5,7 +5,7 @@ import pytest
 from sqlmodel import Session, select
 
 from app.metrics import metric_names, metric_series, record_points
-from app.models import BLOCK_STEPS, MetricBlock
+from app.models import BLOCK_STEPS, SQL_INT_MAX, MetricBlock
 
 
 def store(engine, run_id, points):
@@ -81,3 +81,14 @@ def test_the_fewest_points_with_since_are_each_buckets_extremes_not_a_crash(engi
     down = series(engine, running_run.id, since=5, max_points=max_points)
     assert down["steps"] and min(down["steps"]) >= 6
     assert 1.0 / 6 in down["values"] and 1.0 / 300 in down["values"]  # the extremes survive
+
+
+def test_points_at_the_largest_step_a_column_holds_are_summarised_and_read_after_any_step(engine, running_run):
+    top = SQL_INT_MAX  # its block is the last one: the next block's first step would not fit in 64 bits
+    store(engine, running_run.id, [(top - 1, "loss", 2.0), (top, "loss", 1.0)])
+    with Session(engine) as session:
+        (block,) = session.exec(select(MetricBlock).where(MetricBlock.run_id == running_run.id)).all()
+    assert (block.block, block.count, block.min_step, block.max_step) == (top // BLOCK_STEPS, 2, top, top - 1)
+    assert series(engine, running_run.id, since=top - 2)["steps"] == [top - 1, top]
+    assert series(engine, running_run.id, since=top - 1, max_points=2)["steps"] == [top]
+    assert series(engine, running_run.id, since=top)["steps"] == []
