@@ -10,6 +10,7 @@ from pathlib import Path
 
 import uvicorn
 
+from app.datadir import DataDirInUse, check_data_dir
 from app.main import create_app
 from app.settings import Settings
 from trainer.cli import train_main
@@ -59,10 +60,16 @@ def serve_main(argv: list[str]) -> int:
             "--host 127.0.0.1 and an SSH tunnel",
             file=sys.stderr,
         )
+    try:
+        check_data_dir(settings)  # the lifespan takes the lock; this says why in one line instead of a traceback
+    except DataDirInUse as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"LayerSync Studio on http://{args.host}:{args.port}/ (data in {settings.data_dir})", file=sys.stderr)
     config = uvicorn.Config(create_app(settings), host=args.host, port=args.port, timeout_graceful_shutdown=SHUTDOWN_SECONDS)
-    Server(config).run()
-    return 0
+    server = Server(config)
+    server.run()
+    return 0 if server.started else 1  # it did not start (uvicorn said why): the port taken, the data dir locked
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,8 @@ The byte offset of what was stored is kept on the run row and moves in the same 
 the rows made from those bytes, and the transaction starts by moving it from the value that was
 read: a crash, a restart or a second reader can never store a line twice or skip one. Only
 complete lines are read; a line still being written waits for the next pass. A line that is not
-an event is skipped with a warning (it cannot become one later: the worker appends whole lines).
+an event is skipped with a warning (it cannot become one later: the worker appends whole lines);
+of a line that is a broken start followed by a whole event, only the broken start is.
 """
 
 import asyncio
@@ -30,6 +31,7 @@ NOT_SERIES = ("event", "time", "step")
 # a bound on one call's passes: each pass stores a chunk or finds another reader stored one (offsets
 # only grow, so it ends), but a file a worker appends faster than we read must not hold the caller forever
 MAX_PASSES = 10_000
+EVENT_START = b'{"event"'  # how the trainer begins every line: the first key of each record it writes
 
 
 def follow_run(engine: Engine, run_id: int) -> int:
@@ -96,18 +98,33 @@ def _events(run_id: int, offset: int, data: bytes) -> tuple[list[dict], int]:
 def _parse(run_id: int, offset: int, line: bytes) -> dict | None:
     if not line.strip():
         return None
+    event, problem = _decode(line)
+    if problem is None:
+        return event
+    # a worker killed mid-write leaves half a line, and a worker of an older version appended its
+    # first event to it: keep that event, skip only the broken bytes before it
+    start = line.find(EVENT_START, 1)
+    while start != -1:
+        event, _ = _decode(line[start:])
+        if event is not None:
+            log.warning("run %s: skipped %d bytes of %s after byte %s that are not an event (a line cut short: %s) "
+                        "and kept the event after them: %.200r", run_id, start, EVENTS_FILE, offset, problem, line[:start])
+            return event
+        start = line.find(EVENT_START, start + 1)
+    log.warning("run %s: skipped a line of %s after byte %s that is not an event (%s): %.200r",
+                run_id, EVENTS_FILE, offset, problem, line)
+    return None
+
+
+def _decode(data: bytes) -> tuple[dict | None, str | None]:
+    """(the event, None), or (None, what is wrong with it)."""
     try:
         # NaN and Infinity are not JSON: the trainer writes them as null, and so do we
-        event = json.loads(line, parse_constant=lambda constant: None)
+        event = json.loads(data, parse_constant=lambda constant: None)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        event, problem = None, str(exc)
-    else:
-        problem = _problem(event)
-    if problem:
-        log.warning("run %s: skipped a line of %s after byte %s that is not an event (%s): %.200r",
-                    run_id, EVENTS_FILE, offset, problem, line)
-        return None
-    return event
+        return None, str(exc)
+    problem = _problem(event)
+    return (None, problem) if problem else (event, None)
 
 
 def _problem(event) -> str | None:

@@ -9,6 +9,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app import errors, limits
 from app.auth import AuthMiddleware
+from app.datadir import hold_data_dir
 from app.db import create_schema, make_engine
 from app.follower import follow_forever
 from app.pubsub import Broker
@@ -23,23 +24,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        settings.runs_dir.mkdir(parents=True, exist_ok=True)
-        engine = make_engine(settings.db_url)
-        create_schema(engine)
-        stored = asyncio.Event()  # set when events were stored: wakes the SSE feed at once
-        app.state.settings, app.state.engine, app.state.broker = settings, engine, Broker()
-        app.state.scheduler = Scheduler(engine, settings)
-        tasks = [
-            asyncio.create_task(follow_forever(engine, stored)),
-            asyncio.create_task(app.state.scheduler.run_forever(stored)),
-            asyncio.create_task(feed_forever(engine, app.state.broker, stored)),
-        ]
-        yield
-        # workers are left running on purpose: detached, they outlive the server, which takes them back on start
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        engine.dispose()
+        with hold_data_dir(settings):  # first: a second server on this data dir stops here (DataDirInUse)
+            settings.runs_dir.mkdir(parents=True, exist_ok=True)
+            engine = make_engine(settings.db_url)
+            create_schema(engine)
+            stored = asyncio.Event()  # set when events were stored: wakes the SSE feed at once
+            app.state.settings, app.state.engine, app.state.broker = settings, engine, Broker()
+            app.state.scheduler = Scheduler(engine, settings)
+            tasks = [
+                asyncio.create_task(follow_forever(engine, stored)),
+                asyncio.create_task(app.state.scheduler.run_forever(stored)),
+                asyncio.create_task(feed_forever(engine, app.state.broker, stored)),
+            ]
+            yield
+            # workers are left running on purpose: detached, they outlive the server, which takes them back on start
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            engine.dispose()
 
     app = FastAPI(title="LayerSync Studio", lifespan=lifespan)
     errors.install(app)

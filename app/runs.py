@@ -17,8 +17,8 @@ from app.eventlog import append_event, file_url, server_event
 from app.models import FINISHED, Metric, MetricBlock, Run, RunEvent, RunPublic, RunsPage, utcnow
 from app.paths import check_client_paths, inside
 from app.workers import WORKER_LOG, stop_worker
-from trainer.events import EVENTS_FILE
 from trainer.config import ConfigError, config_to_json, validate_config
+from trainer.runlock import RUN_LOCK, holder_pid, is_locked
 
 NAME_MAX = 200
 RESUMABLE = ("failed", "cancelled")
@@ -143,6 +143,7 @@ def resume_run(session: Session, *, run_id: int) -> Run:
     if run.status not in RESUMABLE:
         hint = "start a new run from its config instead" if run.status == "completed" else "wait until it has ended"
         raise RunStateError(f"run {run_id} is {run.status}: only a failed or cancelled run can be resumed; {hint}")
+    _refuse_while_locked(run, "resumed")
     config = {**run.config, "resume_from_checkpoint": "latest"} if has_own_checkpoint(run) else run.config
     resumed = session.exec(
         update(Run).where(Run.id == run_id, Run.status == run.status).values(
@@ -153,7 +154,6 @@ def resume_run(session: Session, *, run_id: int) -> Run:
     if not resumed:  # resumed or deleted by another request meanwhile
         session.rollback()
         raise RunStateError(f"run {run_id} changed while it was being resumed: reload it and try again")
-    _end_partial_line(Path(run.output_dir) / EVENTS_FILE)  # before the commit: the scheduler may start it at once
     where = run.last_checkpoint or _start_point(run.config)
     message = f"resumed: queued to continue from {where}"
     append_event(session, run_id=run_id, event=server_event("status", status="queued", message=message))
@@ -178,15 +178,15 @@ def _start_point(config: dict) -> str:
     return "step 0: it has no checkpoint"
 
 
-def _end_partial_line(events_file: Path) -> None:
-    """A worker killed mid-write leaves half a line: end it, so the next worker's first event is
-    not glued to it (the follower skips the half line with a warning)."""
-    try:
-        with open(events_file, "rb+") as file:
-            if file.seek(0, 2) and (file.seek(-1, 2), file.read(1))[1] != b"\n":
-                file.write(b"\n")
-    except FileNotFoundError:
-        pass
+def _refuse_while_locked(run: Run, action: str) -> None:
+    """Raise RunStateError while a process holds the run folder's lock: that is the run's worker, whatever
+    the row says (a server that never learnt its pid may have failed the run). A resume would start a second
+    worker in the folder; a delete would pull the folder from under it."""
+    if run.output_dir and is_locked(run.output_dir, RUN_LOCK):
+        pid = holder_pid(Path(run.output_dir) / RUN_LOCK)
+        who, stop = (f"a worker (pid {pid})", f" (kill {pid})") if pid else ("a worker", "")
+        raise RunStateError(f"run {run.id} cannot be {action}: {who} still trains in its folder {run.output_dir}; "
+                            f"wait until it exits, or stop it{stop}, then try again")
 
 
 def delete_run(session: Session, *, run_id: int) -> None:
@@ -194,6 +194,7 @@ def delete_run(session: Session, *, run_id: int) -> None:
     run = get_run(session, run_id=run_id)
     if run.status == "running":
         raise RunStateError(f"run {run_id} is running: cancel it first (POST /api/runs/{run_id}/cancel), then delete it")
+    _refuse_while_locked(run, "deleted")
     # the rows that point at the run go first: SQLite enforces the foreign keys (PRAGMA foreign_keys=ON)
     for table in (Metric, MetricBlock, RunEvent):
         session.exec(delete(table).where(table.run_id == run_id))

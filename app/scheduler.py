@@ -2,9 +2,10 @@
 that ended without saying so.
 
 It is also how a restarted server takes its runs back: a run still ``running`` keeps its slot
-while its worker lives (the follower goes on reading its events); once the worker is gone
-without an ``end`` event, the run is ``failed`` with how it ended (its exit code or the signal
-that killed it) and its last output as the reason (``cancelled`` when a cancel had been asked for).
+while its worker lives or a process holds its folder's lock (trainer.runlock), and the follower
+goes on reading its events; once the worker is gone without an ``end`` event and the lock is free,
+the run is ``failed`` with how it ended (its exit code or the signal that killed it) and its last
+output as the reason (``cancelled`` when a cancel had been asked for).
 A worker that a cancel's SIGTERM has not ended within the cancel grace (Settings.cancel_grace_seconds,
 restarted by each event it writes meanwhile, CANCEL_GRACE_LIMIT of them at most) is killed, group and all.
 A slot is free again once its run has ended and its worker has exited (EXIT_WAIT_SECONDS at most):
@@ -29,9 +30,8 @@ from app.follower import follow_run
 from app.models import FINISHED, Run, utcnow
 from app.runs import QUEUE_ORDER, log_tail
 from app.settings import Settings
-from app.workers import (
-    WORKER_LOG, exit_code, launch, pid_alive, reap_children, slot_devices, stop_worker, write_config,
-)
+from app.workers import WORKER_LOG, Workers, slot_devices, stop_worker, write_config
+from trainer.runlock import is_locked
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +53,29 @@ class Scheduler:
         self.clock = time.monotonic  # a test's clock instead
         self._cancel_seen: dict[int, CancelSeen] = {}  # run id → how its cancel has gone so far
         self._killed: set[int] = set()  # runs whose worker was killed after the grace period
+        self.workers = Workers()  # the workers this server started
 
     def tick(self) -> bool:
         """One pass: reap exited workers, settle ended ones, then fill free slots. True when it added events."""
-        reap_children()
+        self.workers.reap()
         return any([self._settle_ended_workers(), self._start_queued()])
 
     def _settle_ended_workers(self) -> bool:
         with Session(self.engine) as session:
-            query = select(Run.id, Run.pid, Run.pid_started, Run.cancel_requested).where(Run.status == "running")
-            running = list(session.exec(query))
+            query = select(Run.id, Run.pid, Run.pid_started, Run.cancel_requested, Run.output_dir)
+            running = list(session.exec(query.where(Run.status == "running")))
         settled = False
-        for run_id, pid, started, cancel_requested in running:
-            if pid is not None and pid_alive(pid, started):
+        for run_id, pid, started, cancel_requested, output_dir in running:
+            if pid is not None and self.workers.alive(pid, started):
                 if cancel_requested:
                     self._enforce_cancel(run_id, pid, started)
                 continue
+            if output_dir and is_locked(output_dir):
+                # a worker we do not know (started by hand, or by a server before its pid was saved)
+                # trains in the run's folder: the run lives on and the follower goes on reading it
+                continue
             follow_run(self.engine, run_id)  # what it wrote before it exited comes first
-            settled |= self._end_without_end_event(run_id, exit_code(pid) if pid is not None else None)
+            settled |= self._end_without_end_event(run_id, self.workers.exit_code(pid) if pid is not None else None)
             self._cancel_seen.pop(run_id, None)
             self._killed.discard(run_id)
         return settled
@@ -146,7 +151,7 @@ class Scheduler:
             select(Run.slot, Run.pid, Run.pid_started)
             .where(Run.status.in_(FINISHED), Run.finished_at >= since, Run.pid.is_not(None), Run.slot.is_not(None))
         )
-        return [slot for slot, pid, started in ended if pid_alive(pid, started)]
+        return [slot for slot, pid, started in ended if self.workers.alive(pid, started)]
 
     def _start_queued(self) -> bool:
         started = False
@@ -177,7 +182,7 @@ class Scheduler:
             return self._fail_start(session, run, f"the run folder {run.output_dir} cannot be written ({why}): "
                                     "free disk space or fix its permissions, then resume the run")
         try:
-            pid, started = launch(self.command, config_path=config_path, device=device)
+            pid, started = self.workers.launch(self.command, config_path=config_path, device=device)
         except OSError as exc:
             return self._fail_start(session, run, f"the worker could not be started ({exc}): check the worker_command setting")
         where = "the CPU" if device == "cpu" else f"GPU {device}"

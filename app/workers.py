@@ -2,6 +2,13 @@
 
 A worker runs in its own session (process group) so it outlives a server restart and a Ctrl-C
 in the server's terminal, and so a cancel reaches every process it spawned.
+
+A worker is known by its pid and its start time (``Worker.started``, stored as ``Run.pid_started``):
+psutil's create_time in whole milliseconds since the epoch. The system gives a dead worker's pid to
+a later process, and a pid whose process started at another time is not the worker. create_time is
+the boot time plus the ticks since boot, so it moves by whole seconds when the wall clock is stepped:
+it is compared within STARTED_TOLERANCE_MS. Whether a run's worker lives is told for sure by its
+folder lock (trainer.runlock), which the scheduler asks as well.
 """
 
 import json
@@ -11,16 +18,18 @@ import subprocess
 from pathlib import Path
 from typing import NamedTuple
 
+import psutil
+
 import trainer
 
 WORKER_LOG = "worker.log"
 CONFIG_FILE = "config.json"
 # the worker must import the same trainer package the server validated the config with
 TRAINER_ROOT = str(Path(trainer.__file__).resolve().parent.parent)
-# workers this process started, by pid: polling them reaps them (a zombie would look alive)
-_children: dict[int, subprocess.Popen] = {}
-_exit_codes: dict[int, int] = {}  # how reaped workers ended, until the scheduler asks
-HAS_PROC = os.path.exists("/proc/self/stat")
+STARTED_TOLERANCE_MS = 2000  # a clock step or the seconds' rounding of the boot time; a reused pid starts later
+# a start time below this (September 2001 in milliseconds) was stored by an older server, in clock
+# ticks after boot: the pid alone decides for it
+MIN_STARTED_MS = 10**12
 
 
 def detect_gpus() -> list[str]:
@@ -45,7 +54,7 @@ def slot_devices(worker_slots: int | None, gpus: str | None) -> list[str]:
 
 class Worker(NamedTuple):
     pid: int
-    started: int | None  # start time in clock ticks after boot; None where there is no /proc
+    started: int | None  # create time in ms since the epoch; None when it could not be read
 
 
 def write_config(output_dir: str | Path, config: dict) -> Path:
@@ -57,74 +66,30 @@ def write_config(output_dir: str | Path, config: dict) -> Path:
     return config_path
 
 
-def launch(command: list[str], *, config_path: Path, device: str) -> Worker:
-    """Start the worker on ``device`` for the run whose config is ``config_path``."""
-    output_dir = config_path.parent
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [TRAINER_ROOT, env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"  # the log tail shows what the worker printed, as it printed it
-    if device != "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = device
-    argv = [*command, "--config", str(config_path), "--output-dir", str(output_dir), "--no-progress"]
-    with open(output_dir / WORKER_LOG, "ab") as log:
-        process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    _children[process.pid] = process
-    _exit_codes.pop(process.pid, None)  # an earlier worker's, whose pid this one was given
-    stat = _proc_stat(process.pid)
-    return Worker(process.pid, stat[1] if stat else None)
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, start time) from /proc/<pid>/stat; None when there is no such process or no /proc."""
+def start_time(pid: int) -> int | None:
+    """The process's create time in ms since the epoch; None when there is no such process."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            stat = file.read()
-    except OSError:
+        return round(psutil.Process(pid).create_time() * 1000)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-    # the command name (field 2) may hold spaces and parentheses: count fields after its last ")"
-    fields = stat[stat.rfind(b")") + 2:].split()
-    return fields[0].decode(), int(fields[19])  # fields 3 (state) and 22 (starttime)
 
 
-def reap_children() -> None:
-    """Poll every worker this process started: the ended ones are reaped (no zombies pile up) and
-    their exit codes kept until the scheduler asks; a worker whose run ended normally is never asked for."""
-    for pid, child in list(_children.items()):
-        code = child.poll()
-        if code is not None:
-            _exit_codes[pid] = code
-            _children.pop(pid, None)
+def same_start(recorded: int | None, started: int) -> bool:
+    if recorded is None or recorded < MIN_STARTED_MS:
+        return True
+    return abs(recorded - started) <= STARTED_TOLERANCE_MS
 
 
 def pid_alive(pid: int, started: int | None = None) -> bool:
-    """Whether the worker lives: polled when this process started it; else (a worker adopted from an
-    earlier server) looked up in /proc, where a zombie is dead and a process whose start time is not
-    ``started`` took over the pid of a worker that is gone."""
-    child = _children.get(pid)
-    if child is not None:
-        code = child.poll()
-        if code is None:
-            return True
-        _exit_codes[pid] = code
-        _children.pop(pid, None)
-        return False
-    if HAS_PROC:
-        stat = _proc_stat(pid)
-        return stat is not None and stat[0] != "Z" and (started is None or stat[1] == started)
+    """Whether process ``pid`` lives and is the one that started at ``started`` (a zombie is dead:
+    it has exited and only waits for its parent to read its exit code)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE and same_start(started, round(process.create_time() * 1000))
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:  # alive, under another user
+    except psutil.AccessDenied:  # alive, under another user
         return True
-    return True
-
-
-def exit_code(pid: int) -> int | None:
-    """How a worker this process started ended (negative: the signal that killed it); None when unknown."""
-    return _exit_codes.pop(pid, None)
 
 
 def stop_worker(pid: int, started: int | None = None, sig: int = signal.SIGTERM) -> None:
@@ -136,3 +101,55 @@ def stop_worker(pid: int, started: int | None = None, sig: int = signal.SIGTERM)
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass  # already gone: the scheduler records how it ended
+
+
+class Workers:
+    """The workers this server started: it polls them, which reaps them (a zombie would look alive)
+    and keeps how each ended until the scheduler asks. Workers adopted from an earlier server are
+    looked up by pid and start time instead."""
+
+    def __init__(self):
+        self._children: dict[int, subprocess.Popen] = {}
+        self._exit_codes: dict[int, int] = {}
+
+    def launch(self, command: list[str], *, config_path: Path, device: str) -> Worker:
+        """Start the worker on ``device`` for the run whose config is ``config_path``."""
+        output_dir = config_path.parent
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [TRAINER_ROOT, env.get("PYTHONPATH")]))
+        env["PYTHONUNBUFFERED"] = "1"  # the log tail shows what the worker printed, as it printed it
+        if device != "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = device
+        argv = [*command, "--config", str(config_path), "--output-dir", str(output_dir), "--no-progress"]
+        with open(output_dir / WORKER_LOG, "ab") as log:
+            process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        self._children[process.pid] = process
+        self._exit_codes.pop(process.pid, None)  # an earlier worker's, whose pid this one was given
+        return Worker(process.pid, start_time(process.pid))
+
+    def reap(self) -> None:
+        """Poll every worker this server started: the ended ones are reaped (no zombies pile up) and
+        their exit codes kept until the scheduler asks; a worker whose run ended normally is never asked for."""
+        for pid in list(self._children):
+            self._poll(pid)
+
+    def _poll(self, pid: int) -> bool:
+        """Whether our child ``pid`` still runs; reaps it and keeps its exit code when it ended."""
+        code = self._children[pid].poll()
+        if code is None:
+            return True
+        self._exit_codes[pid] = code
+        del self._children[pid]
+        return False
+
+    def alive(self, pid: int, started: int | None = None) -> bool:
+        """Whether the worker lives: polled when this server started it, else looked up (pid_alive)."""
+        if pid in self._children:
+            return self._poll(pid)
+        return pid_alive(pid, started)
+
+    def exit_code(self, pid: int) -> int | None:
+        """How a worker this server started ended (negative: the signal that killed it); None when unknown."""
+        return self._exit_codes.pop(pid, None)

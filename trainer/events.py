@@ -3,6 +3,7 @@ the training program and whoever follows the run (the web server, a script, ``ta
 
 Event types: status, metric, log, sample, checkpoint, error, end. Every event has ``event`` and
 ``time`` (Unix seconds); non-finite numbers are written as null so every line stays valid JSON.
+One writer at a time: the worker holds the run folder's lock (trainer.runlock) while it writes.
 """
 
 import json
@@ -26,6 +27,11 @@ class EventWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")
         self._echo = echo  # called with (event, fields) for log/error lines, e.g. to print them
+        if _ends_mid_line(self.path):
+            # an earlier writer was killed mid-line: end that half line, or our first event would be
+            # glued to it and lost with it (a follower skips the half line)
+            self._file.write("\n")
+            self._file.flush()
 
     def emit(self, event: str, **fields) -> None:
         assert event in EVENT_TYPES, event
@@ -43,12 +49,23 @@ class EventWriter:
         self._file.close()
 
 
+def _ends_mid_line(path: Path) -> bool:
+    with open(path, "rb") as file:
+        size = file.seek(0, 2)
+        return size > 0 and (file.seek(size - 1), file.read(1))[1] != b"\n"
+
+
 def read_events(output_dir: str | Path) -> list[dict]:
-    """Every complete event of a run (a line still being written is left out)."""
+    """Every complete event of a run (a line still being written, and the half line a killed worker
+    left, are left out)."""
     path = Path(output_dir) / EVENTS_FILE
     events = []
-    with open(path, encoding="utf-8") as file:
+    with open(path, encoding="utf-8", errors="replace") as file:
         for line in file:
-            if line.endswith("\n"):
+            if not line.endswith("\n"):
+                continue
+            try:
                 events.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
     return events

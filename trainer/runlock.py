@@ -12,6 +12,7 @@ from pathlib import Path
 
 RUN_LOCK = "worker.lock"  # in runs/<id>/: held by the run's worker
 SERVER_LOCK = "server.lock"  # in the data dir: held by the server that owns it
+FOLDER_IN_USE_EXIT = 3  # the exit code of a worker that found its run folder held by another
 
 
 class LockHeld(RuntimeError):
@@ -48,7 +49,7 @@ class FolderLock:
             self._fd = None
 
     def __enter__(self) -> "FolderLock":
-        return self.acquire()
+        return self if self._fd is not None else self.acquire()  # ``with FolderLock(...).acquire():`` too
 
     def __exit__(self, *exc) -> None:
         self.release()

@@ -36,7 +36,12 @@ def test_families_and_unknown_commands(capsys):
                                           ("0.0.0.0", True), ("192.168.1.5", True), ("myhost", True)])
 def test_serve_warns_when_it_listens_beyond_this_machine(monkeypatch, capsys, tmp_path, host, warned):
     configs = []
-    monkeypatch.setattr(Server, "run", lambda server: configs.append(server.config))
+
+    def run(server):  # instead of serving: started, then asked to stop
+        configs.append(server.config)
+        server.started = True
+
+    monkeypatch.setattr(Server, "run", run)
     assert main(["serve", "--host", host, "--port", "8123", "--data-dir", str(tmp_path)]) == 0
     assert (configs[0].host, configs[0].port) == (host, 8123)
     assert configs[0].app.state is not None and configs[0].timeout_graceful_shutdown == 3

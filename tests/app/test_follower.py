@@ -146,3 +146,24 @@ def test_a_reader_that_loses_a_claim_reads_on_to_the_end(engine, running_run, mo
     events, run = stored(engine, running_run.id)
     assert [e["event"] for e in events] == ["metric", "end"] and run.status == "completed"
     assert run.events_offset == len(metric) + len(end)
+
+
+def test_of_a_half_line_with_an_event_glued_to_it_only_the_half_is_skipped(engine, running_run, caplog):
+    # a worker killed mid-write, then a worker that did not end the half line first
+    half = line("metric", step=30, loss=0.5)[:12]
+    status = line("status", status="starting")
+    append(running_run, line("metric", step=29, loss=0.6) + half + status + line("metric", step=31, loss=0.4))
+    with caplog.at_level(logging.WARNING, logger="app.follower"):
+        assert follow_run(engine, running_run.id) == 3
+    events, _ = stored(engine, running_run.id)
+    assert [(e["event"], e.get("step")) for e in events] == [("metric", 29), ("status", None), ("metric", 31)]
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert f"skipped {len(half)} bytes of events.jsonl after byte {len(line('metric', step=29, loss=0.6))}" in warning
+    assert "kept the event after them" in warning and repr(half) in warning
+
+
+def test_a_line_that_only_looks_glued_is_skipped_whole(engine, running_run, caplog):
+    append(running_run, b'{"event": "met{"event": "nonsense"}\n' + line("metric", step=1, loss=1.0))
+    with caplog.at_level(logging.WARNING, logger="app.follower"):
+        assert follow_run(engine, running_run.id) == 1
+    assert "skipped a line of events.jsonl after byte 0 that is not an event" in caplog.records[0].getMessage()

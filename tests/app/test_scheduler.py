@@ -128,15 +128,14 @@ def test_an_ended_runs_slot_waits_for_its_worker_to_exit(engine, tmp_path):
     from sqlmodel import Session
 
     from app.models import Run, utcnow
-    from app.workers import launch
 
     config = write_config(tmp_path / "data" / "runs" / "1", {})
-    worker = launch([sys.executable, "-c", "import time; time.sleep(1.5)"], config_path=config, device="3")
+    chief = scheduler.Scheduler(engine, app_settings(tmp_path / "data", worker_slots=1, gpus="3"))
+    worker = chief.workers.launch([sys.executable, "-c", "import time; time.sleep(1.5)"], config_path=config, device="3")
     with Session(engine) as session:
         session.add(Run(name="ended", config={}, status="completed", finished_at=utcnow(), slot="3",
                         pid=worker.pid, pid_started=worker.started))
         session.commit()
-    chief = scheduler.Scheduler(engine, app_settings(tmp_path / "data", worker_slots=1, gpus="3"))
     with Session(engine) as session:
         assert chief._free_devices(session) == []  # the run wrote its end, but its worker may hold the GPU yet
     deadline = time.monotonic() + 20
@@ -149,11 +148,9 @@ def test_an_ended_runs_slot_waits_for_its_worker_to_exit(engine, tmp_path):
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="zombies are looked up in /proc")
 def test_workers_that_ended_are_reaped_each_tick(engine, tmp_path):
-    from app.workers import launch
-
     config = write_config(tmp_path / "data" / "runs" / "1", {})
-    worker = launch([sys.executable, "-c", "pass"], config_path=config, device="cpu")
     chief = scheduler.Scheduler(engine, app_settings(tmp_path / "data"))
+    worker = chief.workers.launch([sys.executable, "-c", "pass"], config_path=config, device="cpu")
     deadline = time.monotonic() + 20
     while os.path.exists(f"/proc/{worker.pid}/stat"):  # a zombie keeps its /proc entry until reaped
         assert time.monotonic() < deadline, "the ended worker was not reaped (a zombie)"
