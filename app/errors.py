@@ -9,12 +9,13 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
 from app.runs import NotFound, RunStateError
 from trainer.config import ConfigError
 from trainer.problems import error_words, printable
+
 
 class Problem(BaseModel):
     loc: list[str | int]

@@ -183,8 +183,8 @@ def config_notices(data: Mapping) -> list[tuple[str, str]]:
     enabled = _on(data.get("layersync_enabled"))
     blocks = [key for key in ("layersync_student_block", "layersync_teacher_block") if _int(data.get(key)) is not None]
     if not enabled and blocks:
-        notes.append((blocks[0], "LayerSync blocks are set but LayerSync is off (layersync_enabled=false): "
-                                 "they are ignored"))
+        notes.append((blocks[0], ("LayerSync blocks are set but LayerSync is off (layersync_enabled=false): "
+                                 "they are ignored")))
     if family is not None and family.builtin_config is not None and data.get("instance_data_dir"):
         notes.append(("instance_data_dir", f"instance_data_dir is ignored: the {family.label} trains on its built-in data"))
     if not enabled:

@@ -15,14 +15,24 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from trainer import problems as _problems
 from trainer.checks import config_notices, environment_problems, family_problem, resolve_block_index, rule_problems
 from trainer.families import family_defaults
-from trainer import problems as _problems
 from trainer.problems import ConfigError, FieldProblem, FieldProblems, error_words, unknown_key_problems
 
 __all__ = [
-    "ConfigError", "FieldProblem", "TrainConfig", "FIELDS", "LAYERSYNC_DEFAULT_LAMBDA", "config_notices",
-    "config_to_json", "import_config", "nearest_keys", "read_config_file", "resolve_block_index", "validate_config",
+    "FIELDS",
+    "LAYERSYNC_DEFAULT_LAMBDA",
+    "ConfigError",
+    "FieldProblem",
+    "TrainConfig",
+    "config_notices",
+    "config_to_json",
+    "import_config",
+    "nearest_keys",
+    "read_config_file",
+    "resolve_block_index",
+    "validate_config",
 ]
 
 LAYERSYNC_DEFAULT_LAMBDA = 0.2
@@ -37,12 +47,23 @@ MAX_NAME = 100
 # JSON true is a Python int: without this check, `"max_train_steps": true` would be one step
 NOT_BOOL = PydanticCustomError("number_not_bool", "must be a number, not true or false")
 
+# a lone surrogate ("\ud800") is a Python str (JSON can escape one) but no text: it could be stored, never written out
+NOT_TEXT = PydanticCustomError("string_unicode", "is not text: it holds a lone surrogate such as \\ud800")
+
 Block = Annotated[int, Field(ge=0, le=MAX_BLOCK)]
 
 
 def _numeric(annotation) -> bool:
     """Whether a key's type is, or holds, a number (int | None, list[tuple[int, int]], ...)."""
     return annotation in (int, float) or any(_numeric(arg) for arg in typing.get_args(annotation))
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _holds_bool(value) -> bool:
@@ -137,9 +158,11 @@ class TrainConfig(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_bool_for_a_number(cls, value, info: ValidationInfo):
+    def _numbers_and_text(cls, value, info: ValidationInfo):
         if _numeric(cls.model_fields[info.field_name].annotation) and _holds_bool(value):
             raise NOT_BOOL
+        if isinstance(value, str) and not _is_text(value):
+            raise NOT_TEXT
         return value
 
     @model_validator(mode="after")
@@ -241,8 +264,8 @@ def _object(data: Any, what: str = "a config") -> dict:
     if not isinstance(data, dict):
         raise ConfigError([("", f"{what} must be a JSON object of keys and values, got {type(data).__name__}")])
     if len(data) > MAX_KEYS:
-        raise ConfigError([("", f"{what} has {len(data):,} keys, more than the {MAX_KEYS:,} any config can have: "
-                                "send the run's config, a few dozen keys")])
+        raise ConfigError([("", (f"{what} has {len(data):,} keys, more than the {MAX_KEYS:,} any config can have: "
+                                "send the run's config, a few dozen keys"))])
     return data
 
 
@@ -277,7 +300,7 @@ def import_config(data: Any) -> tuple[dict, list[str]]:
     ours, ignored = {}, []
     for raw_key, value in data.items():
         key = str(raw_key)
-        key = key[2:] if key.startswith("--") else key
+        key = key.removeprefix("--")
         if key not in FIELDS and simpletuner:
             ignored.append(key)
         elif key not in FIELDS or not _unset(value):

@@ -57,6 +57,10 @@ def _number(value) -> str:
     return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "…"
 
 
+def _count(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
 def error_words(error: dict) -> str:
     """One pydantic error (an item of ``ValidationError.errors()``) in words a person understands, without
     the key it belongs to: "must be a whole number, got 'many'"."""
@@ -83,18 +87,16 @@ def error_words(error: dict) -> str:
         "list_type": f"must be a list such as [[4, 12], [8, 16]], {got}",
         "tuple_type": f"each pair must be [student, teacher], {got}",
         "too_short": f"each pair must be [student, teacher], {got}",
-        "string_too_long": f"is too long: keep it to {_number(ctx.get('max_length'))} characters"
+        "string_too_long": f"is too long: keep it to {_count(ctx.get('max_length'))} characters"
         + (f" (got {len(value):,})" if isinstance(value, str) else ""),
         "number_not_bool": f"must be a number, not true or false; {got}",
         "missing": "is required",
     }
-    if kind == "too_long":  # text, the pairs list, or one pair of more than two blocks
+    if kind == "too_long":  # the pairs list, or one pair of more than two blocks
         limit, length = ctx.get("max_length"), ctx.get("actual_length")
-        if isinstance(value, str):
-            return f"is too long: keep it to {limit:,} characters (got {length:,})"
         if limit == 2:
             return f"each pair must be [student, teacher], {got}"
-        return f"is too long: keep it to {limit:,} items (got {length:,})"
+        return f"is too long: keep it to {_count(limit)} items (got {_count(length)})"
     if kind in words:
         return words[kind]
     return f"is not valid: {printable(str(error.get('msg', 'cannot read it')))}"
@@ -123,6 +125,6 @@ def unknown_key_problems(keys: list[str], known: Iterable[str]) -> list[tuple[st
     rest = keys[SUGGESTED_KEYS:]
     if rest:
         sample = ", ".join(shown(key) for key in rest[:5])
-        problems.append(("", f"{len(rest):,} more unknown config keys ({sample}{', …' if len(rest) > 5 else ''}): "
-                             "remove them; see `layersync train --help` for the known keys"))
+        problems.append(("", (f"{len(rest):,} more unknown config keys ({sample}{', …' if len(rest) > 5 else ''}): "
+                             "remove them; see `layersync train --help` for the known keys")))
     return problems

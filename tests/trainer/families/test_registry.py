@@ -1,6 +1,7 @@
 """The registry as a whole: every family it offers has a torch half, and its torch-free half stays torch-free."""
 
 import inspect
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,25 @@ assert "torch" not in sys.modules, "torch was imported"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120,
                             check=False)
     assert result.returncode == 0, result.stderr
+
+
+UNET = {"down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+        "block_out_channels": [32, 64], "transformer_layers_per_block": 1, "layers_per_block": 2}
+
+
+@pytest.mark.parametrize("name", supported_families())
+def test_choosing_a_family_with_its_defaults_passes_the_checks(name, tmp_path):
+    """Nothing but the family, its model and its data: every unset key takes a value the family accepts."""
+    from trainer.config import validate_config
+    from trainer.families import family_defaults
+
+    family = FAMILIES[name]
+    config = {"model_family": name, "layersync_enabled": True, "layersync_student_block": 1, "layersync_teacher_block": 2}
+    if family.builtin_config is None:
+        (tmp_path / "config.json").write_text(json.dumps(UNET if family.count_blocks else {k: 2 for k in family.depth_keys}))
+        config.update(pretrained_model_name_or_path=str(tmp_path), instance_data_dir=str(tmp_path))
+    validated = validate_config(config)
+    defaults = family_defaults(name)
+    assert {key: getattr(validated, key) for key in defaults} == defaults
+    assert (validated.num_frames is not None) == (family.media == "video")
+    assert (validated.audio_duration is not None) == (family.media == "audio")
