@@ -1,6 +1,5 @@
 """Finding a model's config.json: one lookup for the checks at submit time and for loading the model."""
 
-import json
 
 import pytest
 
