@@ -8,13 +8,16 @@ itself, so the form, the API and the CLI give the same messages.
 
 import math
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from trainer.config import FIELDS, LAYERSYNC_DEFAULT_LAMBDA
-from trainer.families import FAMILIES, ModelDirError, model_depth
+from app.configs import check_config
+from trainer.config import FIELDS, LAYERSYNC_DEFAULT_LAMBDA, ConfigError, config_notices
+from trainer.families import FAMILIES, ModelDirError, family_defaults, find_family, model_depth
 
 LAYERSYNC_KEYS = ("layersync_student_block", "layersync_teacher_block", "layersync_lambda")
+FAMILY_KEYS = tuple(family_defaults("demo"))  # the keys whose default is the family's own
 
 # Keys the form leaves out, and why (a test checks every schema key is in the form or here).
 NOT_IN_FORM = {
@@ -252,20 +255,52 @@ def form_to_config(form: Mapping[str, str]) -> tuple[str | None, dict]:
     return name, config
 
 
-def _block(raw: str) -> int | None:
+# --- the family's own defaults ---------------------------------------------------------------------
+
+def family_fields(name: str) -> dict[str, str | None]:
+    """The family-dependent fields of a family: key → its default as the form shows it (the placeholder
+    of an empty field), None where the key does not apply to the family (its field is hidden)."""
+    family = find_family(name or "")
+    if family is None:  # not a family: the checks say so; the fields stay as they are
+        return {key: "" for key in FAMILY_KEYS}
+    return {key: None if value is None else _text(value) for key, value in family_defaults(family.name).items()}
+
+
+def family_table() -> dict[str, dict[str, str | None]]:
+    """``family_fields`` of every family the form offers, rendered into the page for the family select."""
+    return {value: family_fields(value) for value, _ in FORM_FIELDS["model_family"].choices}
+
+
+# --- the checks, by field --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FormCheck:
+    errors: dict[str, str]  # key (or "" for the whole config) → its problems, in the schema's words
+    notices: dict[str, list[str]]  # key → what the user should know about its value
+
+
+def by_field(problems: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """(key, message) pairs → one message per key, a key's several problems joined."""
+    errors: dict[str, str] = {}
+    for key, message in problems:
+        errors[key] = f"{errors[key]}; {message}" if key in errors else message
+    return errors
+
+
+def notices_by_field(config: Mapping) -> dict[str, list[str]]:
+    notices: dict[str, list[str]] = {}
+    for key, notice in config_notices(config):
+        notices.setdefault(key, []).append(notice)
+    return notices
+
+
+def check_form(form: Mapping[str, str], *, model_roots: Sequence[Path], runs_dir: Path) -> FormCheck:
+    """A posted form, checked as a submit would check it (without queuing anything): its problems and
+    notices by field."""
+    _, config = form_to_config(form)
     try:
-        index = int(raw)
-    except (TypeError, ValueError):
-        return None
-    return index - 1 if index >= 1 else index  # 1-based-friendly, as the schema resolves it
-
-
-def layersync_is_noop(values: Mapping[str, str]) -> bool:
-    """True when LayerSync is on and the teacher resolves to the student's block (an empty teacher is
-    the student): the detached similarity is then always 1 and the term does nothing."""
-    if not _checked(values.get("layersync_enabled")):
-        return False
-    student = _block(values.get("layersync_student_block", ""))
-    teacher_raw = values.get("layersync_teacher_block", "")
-    teacher = student if str(teacher_raw).strip() == "" else _block(teacher_raw)
-    return student is not None and teacher == student
+        check_config(config, model_roots=model_roots, runs_dir=runs_dir)
+        problems: list[tuple[str, str]] = []
+    except ConfigError as exc:
+        problems = exc.errors
+    return FormCheck(errors=by_field(problems), notices=notices_by_field(config))

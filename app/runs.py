@@ -13,11 +13,12 @@ from pathlib import Path
 from sqlmodel import Session, delete, func, select, update
 
 from app.bounds import run_id_in_range
+from app.configs import check_config
 from app.eventlog import append_event, file_url, server_event
 from app.models import FINISHED, Metric, MetricBlock, Run, RunEvent, RunPublic, RunsPage, utcnow
-from app.paths import check_client_paths, inside
+from app.paths import inside
 from app.workers import WORKER_LOG, stop_worker
-from trainer.config import ConfigError, config_to_json, validate_config
+from trainer.config import ConfigError, config_to_json
 from trainer.runlock import RUN_LOCK, holder_pid, is_locked
 
 NAME_MAX = 200
@@ -55,8 +56,7 @@ def create_run(
     server follows and serves runs from its data dir only. A model folder must lie in ``model_roots``
     (none by default: the built-in models only), a checkpoint in ``runs_dir``.
     """
-    config = check_client_paths(config, model_roots=model_roots, runs_dir=runs_dir)
-    validated = validate_config(config)
+    validated = check_config(config, model_roots=model_roots, runs_dir=runs_dir)  # every problem, paths first
     name = (name or "").strip() or default_name(validated)
     if len(name) > NAME_MAX:
         raise ConfigError([("name", f"the run name is {len(name)} characters long: keep it to {NAME_MAX}")])

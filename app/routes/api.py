@@ -3,10 +3,11 @@
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, Field
 from sqlmodel import func, select
 
-from app import errors, metrics, runs, schema, sse
+from app import configs, errors, metrics, runs, schema, sse
 from app.bounds import EventsAfter, LastEventId, Limit, LogLines, MaxPoints, Offset, StepsAfter
 from app.db import SessionDep
 from app.eventlog import last_seq
@@ -51,6 +52,41 @@ def list_families() -> list[dict]:
 def config_schema() -> list[dict]:
     """Every config key with its type, default, bounds and description."""
     return schema.config_fields()
+
+
+ConfigFileBody = Annotated[
+    dict[str, Any],
+    Body(
+        description="A config file's JSON: ours (flat keys) or SimpleTuner's config.json (\"--key\" keys, \"None\" for unset).",
+        openapi_examples={"SimpleTuner": {"value": {"--model_family": "flux", "--layersync_enabled": "true",
+                                                    "--layersync_student_block": "8", "--validation_prompt": "None"}},
+                          "ours": {"value": SNIPPET}},
+    ),
+]
+
+
+class ConfigImport(BaseModel):
+    config: dict[str, Any]
+    warnings: list[str]
+
+
+class ConfigImportProblems(errors.Problems):
+    config: dict[str, Any] | None = Field(None, description="What the file set, imported (the keys it leaves out take "
+                                          "their defaults); absent when the body is not a config file at all")
+    warnings: list[str] = Field(default_factory=list)
+
+
+@router.post("/configs/import", response_model=ConfigImport, responses={
+    422: {"model": ConfigImportProblems, "description": "Every problem of the file's config, with what the file set"}})
+def import_config(data: ConfigFileBody, request: Request):
+    """A config file → the full config it means (every key) and the import's warnings: what
+    `layersync train --config FILE --print-config` prints. 422 lists every problem, as POST /api/runs does."""
+    settings = request.app.state.settings
+    try:
+        return configs.import_file(data, model_roots=settings.model_roots, runs_dir=settings.runs_dir)
+    except configs.ImportProblems as exc:
+        detail = [{"loc": ["body", key] if key else ["body"], "msg": message} for key, message in exc.errors]
+        return JSONResponse({"detail": detail, "config": exc.config, "warnings": exc.warnings}, status_code=422)
 
 
 @router.post("/runs", status_code=201)

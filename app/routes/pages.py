@@ -17,7 +17,19 @@ from starlette.concurrency import run_in_threadpool
 from app.bounds import Page
 from app.db import SessionDep
 from app.eventlog import last_seq
-from app.forms import FORM_FIELDS, SECTIONS, config_to_values, default_values, form_to_config, form_values, layersync_is_noop
+from app.forms import (
+    FORM_FIELDS,
+    SECTIONS,
+    by_field,
+    check_form,
+    config_to_values,
+    default_values,
+    family_fields,
+    family_table,
+    form_to_config,
+    form_values,
+    notices_by_field,
+)
 from app.models import FINISHED, RUN_STATUSES
 from app.runs import (
     RESUMABLE, RunNotFound, RunStateError, cancel_run, create_run, get_run, latest_sample_url, list_runs, log_tail,
@@ -106,12 +118,17 @@ def runs_rows(request: Request, session: SessionDep, page: Page = 1):
 # --- new run -----------------------------------------------------------------------------------------
 
 def _form(request: Request, *, values: dict, errors: dict, name: str = "", status_code: int = 200) -> HTMLResponse:
-    context = dict(
-        sections=SECTIONS, fields=FORM_FIELDS, values=values, errors=errors, run_name=name,
-        defaults=default_values(), noop=layersync_is_noop(values), nav="new",
-    )
+    context = {
+        "sections": SECTIONS, "fields": FORM_FIELDS, "values": values, "errors": errors, "run_name": name,
+        "notices": notices_by_field(form_to_config(values)[1]), "family": family_fields(values.get("model_family", "")),
+        "defaults": default_values(), "families": family_table(), "nav": "new",
+    }
     template = "partials/run_form.html" if _is_htmx(request) else "new_run.html"
     return _render(request, template, status_code=status_code, **context)
+
+
+async def _posted(request: Request) -> dict[str, str]:
+    return {key: value for key, value in (await request.form()).multi_items() if isinstance(value, str)}
 
 
 @router.get("/runs/new", response_class=HTMLResponse)
@@ -123,7 +140,7 @@ def new_run_page(request: Request):
 @router.post("/runs/new", response_class=HTMLResponse)
 async def new_run_submit(request: Request, session: SessionDep):
     """Create a run from the form: 303 to its page, or 422 with the form and a message by each field."""
-    posted = {key: value for key, value in (await request.form()).multi_items() if isinstance(value, str)}
+    posted = await _posted(request)
     name, config = form_to_config(posted)
     errors: dict[str, str] = {}
     try:
@@ -132,17 +149,25 @@ async def new_run_submit(request: Request, session: SessionDep):
             create_run, session, config=config, name=name, runs_dir=request.app.state.settings.runs_dir,
             model_roots=request.app.state.settings.model_roots,
         )
-    except ConfigError as exc:
-        for key, message in exc.errors:
-            errors[key] = f"{errors[key]}; {message}" if key in errors else message
-    except RunStateError as exc:  # a name too long
-        errors["name"] = str(exc)
+    except ConfigError as exc:  # the config's problems, and a name too long (under "name")
+        errors = by_field(exc.errors)
     if errors:
         return _form(request, values=form_values(posted), errors=errors, name=name or "", status_code=422)
     url = f"/runs/{run.id}"
     if _is_htmx(request):
         return Response(headers={"HX-Redirect": url})  # a whole new page, not a swap into the form
     return RedirectResponse(url, status_code=303)
+
+
+@router.post("/runs/new/validate", response_class=HTMLResponse)
+async def new_run_validate(request: Request):
+    """The form's checks while the user fills it in: each field's problems and notices (htmx swaps them
+    in by their ids), the same words as a submit, the API and the CLI; nothing is queued."""
+    settings = request.app.state.settings
+    check = await run_in_threadpool(
+        check_form, await _posted(request), model_roots=settings.model_roots, runs_dir=settings.runs_dir
+    )
+    return _render(request, "partials/form_checks.html", fields=FORM_FIELDS, errors=check.errors, notices=check.notices)
 
 
 @router.get("/runs/new/from/{run_id}", response_class=HTMLResponse)

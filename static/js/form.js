@@ -1,6 +1,8 @@
-// The new-run form, made better with JavaScript (it works without it):
-// the LayerSync fields follow Enable LayerSync, a live notice says when the teacher is the student,
-// and a config JSON can be imported into the form or the form exported as one.
+// The new-run form, made better with JavaScript (it works without it). The rules stay on the server:
+// the live checks and notices come from htmx requests (see #form-checker), an imported file is read
+// by POST /api/configs/import, and a family's defaults are the ones the server rendered into the form.
+// Here: the LayerSync fields follow Enable LayerSync, a family change refills the family's fields,
+// and a config JSON is imported into the form or the form exported as one.
 // The form itself may be swapped by htmx (a 422 brings it back with messages), so nothing here keeps
 // references to its elements: every handler looks the form up when it runs.
 (function () {
@@ -10,13 +12,6 @@
 
   function form() { return document.getElementById("run-form"); }
   function input(f, name) { return f.elements.namedItem(name); }
-
-  // 1-based-friendly, as the schema resolves it: i means block i−1, and 0 means block 0.
-  function block(text) {
-    if (!/^\s*-?\d+\s*$/.test(text)) return null;
-    const i = parseInt(text, 10);
-    return i >= 1 ? i - 1 : i;
-  }
 
   // Disabled inputs are not submitted, so the server sees the same thing as when LayerSync is off.
   function applyLayerSync() {
@@ -28,13 +23,24 @@
       const el = input(f, name);
       if (el) el.disabled = !enabled.checked;
     });
-    const notice = document.getElementById("layersync-noop");
-    if (!notice) return;
-    const student = block(input(f, "layersync_student_block").value);
-    const teacherText = input(f, "layersync_teacher_block").value;
-    // an empty teacher means "the student block" in the schema
-    const teacher = teacherText.trim() === "" ? student : block(teacherText);
-    notice.hidden = !(enabled.checked && student !== null && teacher === student);
+  }
+
+  // The selected family's defaults, as the server rendered them: an empty field takes the default
+  // shown as its placeholder; a field the family has no use for (null) is hidden. With clear, the
+  // fields go back to empty, i.e. to the new family's defaults.
+  function applyFamily(f, clear) {
+    const families = JSON.parse(f.dataset.families || "{}");
+    const family = input(f, "model_family");
+    const fields = family && families[family.value];
+    if (!fields) return;
+    Object.keys(fields).forEach(function (key) {
+      const el = input(f, key);
+      const wrapper = document.getElementById("f-" + key + "-field");
+      if (!el || !wrapper) return;
+      wrapper.hidden = fields[key] === null;
+      el.placeholder = fields[key] || "";
+      if (clear || fields[key] === null) el.value = "";
+    });
   }
 
   // The form as a flat config: ticked → true, empty → left out (the default applies), numbers as numbers.
@@ -51,9 +57,16 @@
     return config;
   }
 
-  function say(text) {
+  // What the import has to tell, as a list under the import button (text only: never markup).
+  function say(lines) {
     const status = document.getElementById("config-io-status");
-    if (status) status.textContent = text;
+    if (!status) return;
+    status.replaceChildren();
+    [].concat(lines).forEach(function (line) {
+      const p = document.createElement("p");
+      p.textContent = line;
+      status.appendChild(p);
+    });
   }
 
   function exportConfig() {
@@ -71,35 +84,53 @@
     say("Exported the form as " + link.download + ".");
   }
 
-  // A config file is complete on its own: keys it leaves out mean their defaults, so the form is
-  // reset to the defaults first. SimpleTuner's "--key" spelling is accepted, as by the CLI.
+  // The server imports the file (ours or SimpleTuner's) exactly as `layersync train --config` does and
+  // answers the config it means; the form shows that. A file with problems still fills the form with
+  // what it said, and every problem is listed (the live checks then put each by its field).
   function importConfig(file) {
     const f = form();
     if (!f || !file) return;
     file.text().then(function (text) {
-      let data;
-      try { data = JSON.parse(text); } catch (err) { say(file.name + " is not valid JSON: " + err.message); return; }
-      if (data === null || typeof data !== "object" || Array.isArray(data)) {
-        say(file.name + " must hold a JSON object of keys and values.");
-        return;
-      }
-      const defaults = JSON.parse(f.dataset.defaults || "{}");
-      Object.keys(defaults).forEach(function (key) { setValue(input(f, key), defaults[key]); });
-      const skipped = [];
-      let count = 0;
-      Object.keys(data).forEach(function (raw) {
-        const key = raw.replace(/^--/, "");
-        const el = input(f, key);
-        if (!el || key === "name" || !setValue(el, data[raw])) skipped.push(key);
-        else count++;
+      return fetch("/api/configs/import", {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: text, credentials: "same-origin",
+      }).then(function (response) {
+        return response.json().then(function (answer) { show(file.name, response.status, answer); });
       });
-      applyLayerSync();
-      say("Imported " + count + " key(s) from " + file.name + "." +
-        (skipped.length ? " Not in this form, left out: " + skipped.join(", ") + "." : ""));
-    });
+    }).catch(function (err) { say("Could not import " + file.name + ": " + err.message); });
   }
 
-  // Returns false when the form cannot hold the value (e.g. an option the select does not have).
+  function show(fileName, status, answer) {
+    const f = form();
+    if (!f) return;
+    const problems = Array.isArray(answer.detail) ? answer.detail : (answer.detail ? [{ loc: [], msg: answer.detail }] : []);
+    if (!answer.config) { // not a config at all: the form stays as it was
+      say([fileName + " was not imported:"].concat(problems.map(problemText)));
+      return;
+    }
+    const defaults = JSON.parse(f.dataset.defaults || "{}");
+    Object.keys(defaults).forEach(function (key) { setValue(input(f, key), defaults[key]); });
+    const left = [];
+    Object.keys(answer.config).forEach(function (key) {
+      const value = answer.config[key];
+      if (!setValue(input(f, key), value) && value !== null && key !== "output_dir") left.push(key);
+    });
+    applyFamily(f, false);
+    applyLayerSync();
+    const lines = [status === 200 ? "Imported " + fileName + "." : "Imported " + fileName + ", which has " +
+      problems.length + " problem(s) to fix before the run can start:"];
+    problems.forEach(function (problem) { lines.push(problemText(problem)); });
+    (answer.warnings || []).forEach(function (warning) { lines.push("Note: " + warning); });
+    if (left.length) lines.push("Not in this form, left out: " + left.join(", ") + ".");
+    say(lines);
+    f.dispatchEvent(new Event("change", { bubbles: true })); // the live checks look at the new values
+  }
+
+  function problemText(problem) {
+    const key = (problem.loc || []).slice(1).join(".");
+    return key ? key + ": " + problem.msg : problem.msg;
+  }
+
+  // Returns false when the form cannot hold the value (no such field, or an option the select lacks).
   function setValue(el, value) {
     if (!el || !el.tagName) return false; // missing, or a RadioNodeList (not ours)
     if (el.type === "checkbox") {
@@ -122,19 +153,19 @@
       importConfig(event.target.files[0]);
       event.target.value = ""; // importing the same file again must fire change again
     } else if (event.target.form && event.target.form.id === "run-form") {
+      if (event.target.name === "model_family") applyFamily(event.target.form, true);
       applyLayerSync();
     }
-  });
-  document.addEventListener("input", function (event) {
-    if (event.target.form && event.target.form.id === "run-form") applyLayerSync();
   });
   document.addEventListener("click", function (event) {
     if (event.target.id === "export-config") exportConfig();
   });
   // After htmx brings the form back with messages: restore the LayerSync state and move focus to
   // the list of problems, so keyboard and screen-reader users hear what to fix.
-  document.addEventListener("htmx:afterSettle", function () {
+  document.addEventListener("htmx:afterSettle", function (event) {
     applyLayerSync();
+    const elt = event.detail && event.detail.elt;
+    if (elt && elt.id === "form-checker") return; // the live checks' swaps must not move the focus
     const summary = document.querySelector("#run-form .error-summary");
     if (summary) summary.focus();
   });

@@ -3,14 +3,17 @@
 import pytest
 
 from app.forms import (
+    FAMILY_KEYS,
     FORM_FIELDS,
     NOT_IN_FORM,
     SECTIONS,
+    check_form,
     config_to_values,
     default_values,
+    family_fields,
+    family_table,
     form_to_config,
     form_values,
-    layersync_is_noop,
 )
 from tests.utils.factories import SEED_SNIPPET
 from trainer.config import FIELDS, ConfigError, validate_config
@@ -113,6 +116,9 @@ def test_config_to_values_fills_every_field():
     assert values["adam_epsilon"] == "1e-08"
 
 
+NOOP = "LayerSync is a no-op: teacher block 8 is the student block 8"
+
+
 @pytest.mark.parametrize(
     "enabled, student, teacher, noop",
     [
@@ -124,6 +130,34 @@ def test_config_to_values_fills_every_field():
         ("true", "", "", False),
     ],
 )
-def test_layersync_noop_notice(enabled, student, teacher, noop):
-    values = {"layersync_enabled": enabled, "layersync_student_block": student, "layersync_teacher_block": teacher}
-    assert layersync_is_noop(values) is noop
+def test_the_checks_give_the_schemas_noop_notice_by_the_teacher_field(tmp_path, enabled, student, teacher, noop):
+    form = {"layersync_enabled": enabled, "layersync_student_block": student, "layersync_teacher_block": teacher}
+    check = check_form(form, model_roots=[], runs_dir=tmp_path)
+    notices = check.notices.get("layersync_teacher_block", [])
+    assert any("LayerSync is a no-op" in notice for notice in notices) is noop
+    assert set(check.notices) <= {"layersync_teacher_block"}
+
+
+def test_the_checks_give_every_problem_by_its_field_in_the_schemas_words(tmp_path):
+    form = {"layersync_enabled": "true", "layersync_student_block": "8", "layersync_teacher_block": "40",
+            "layersync_lambda": "0", "resolution": "abc", "pretrained_model_name_or_path": "/elsewhere"}
+    check = check_form(form, model_roots=[], runs_dir=tmp_path)
+    assert check.errors["resolution"] == "must be a whole number, got 'abc'"
+    assert check.errors["layersync_lambda"].startswith("LayerSync weight must be > 0, got 0")
+    assert "model directory '/elsewhere' is not allowed" in check.errors["pretrained_model_name_or_path"]
+    # the blocks are not judged against the built-in model while the user's model is refused
+    assert "layersync_teacher_block" not in check.errors
+    with pytest.raises(ConfigError) as exc:
+        validate_config(form_to_config(form | {"pretrained_model_name_or_path": ""})[1])
+    assert ("layersync_teacher_block", "teacher block 40 does not exist: this model has 16 blocks, choose 1–16") in exc.value.errors
+    assert check_form(form_values({}), model_roots=[], runs_dir=tmp_path).errors == {}
+
+
+def test_family_fields_are_the_registrys_defaults_and_hide_what_a_family_does_not_use():
+    assert set(FAMILY_KEYS) == {"resolution", "num_frames", "audio_duration", "learning_rate"}
+    assert family_fields("demo") == {"resolution": "16", "num_frames": None, "audio_duration": None, "learning_rate": "0.001"}
+    wan, ace = family_fields("wan"), family_fields("ace_step")
+    assert wan["num_frames"] == "81" and wan["audio_duration"] is None and wan["resolution"] == "480"
+    assert ace["audio_duration"] == "10.0" and ace["num_frames"] is None and ace["resolution"] is None
+    assert set(family_table()) == {value for value, _ in FORM_FIELDS["model_family"].choices}
+    assert family_fields("no such family") == {key: "" for key in FAMILY_KEYS}  # the checks name it
