@@ -11,18 +11,18 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.utils.waiting import wait_until
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT_S = 30
 
 
 def _free_port() -> int:
@@ -57,19 +57,22 @@ def server(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
          "--data-dir", str(tmp_path / "data")],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"PYTHONUNBUFFERED": "1"},
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        # one thread per worker (its workers inherit this): OpenMP threads spin while they wait, which on a
+        # busy machine slows a step of the demo from hundredths of a second to seconds
+        env=os.environ | {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
     )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        try:
-            _get(f"{base}/api/runs", timeout=1)
-            break
-        except (urllib.error.URLError, OSError):
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                log.close()
-                pytest.fail(f"the server did not start in {START_TIMEOUT_S} s:\n{(tmp_path / 'server.log').read_text()}")
-            time.sleep(0.2)
+
+    def answers() -> bool:
+        assert process.poll() is None, f"the server exited:\n{(tmp_path / 'server.log').read_text()}"
+        return _get(f"{base}/api/runs", timeout=10) is not None
+
+    try:
+        wait_until(answers, what="the server to answer", interval=0.2, ignore=(urllib.error.URLError, OSError))
+    except AssertionError:
+        process.kill()
+        log.close()
+        raise
     yield base
     _cancel_live_runs(base)
     process.terminate()
