@@ -17,10 +17,13 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def _cut(text: str) -> str:
+    return printable(text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "…")
+
+
 def shown(value) -> str:
     """A user's value as a message quotes it: its repr, cut short."""
-    text = {True: "true", False: "false", None: "null"}[value] if value is None or isinstance(value, bool) else repr(value)
-    return printable(text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "…")
+    return _cut({True: "true", False: "false", None: "null"}[value] if value is None or isinstance(value, bool) else repr(value))
 
 
 class FieldProblem(ValueError):
@@ -53,8 +56,7 @@ class ConfigError(ValueError):
 def _number(value) -> str:
     if isinstance(value, float):
         return f"{value:g}"
-    text = printable(str(value))
-    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "…"
+    return _cut(str(value))
 
 
 def _count(value) -> str:
@@ -121,7 +123,7 @@ def unknown_key_problems(keys: list[str], known: Iterable[str]) -> list[tuple[st
     """One problem per unknown key, with a hint, for the first few; one problem for all the others (a
     hint each would cost time for nothing: nobody misspells hundreds of keys)."""
     known = list(known)
-    problems = [(key, unknown_key_message(key, known)) for key in keys[:SUGGESTED_KEYS]]
+    problems = [(_cut(key), unknown_key_message(key, known)) for key in keys[:SUGGESTED_KEYS]]
     rest = keys[SUGGESTED_KEYS:]
     if rest:
         sample = ", ".join(shown(key) for key in rest[:5])

@@ -107,6 +107,11 @@ def test_a_huge_prompt_is_refused_without_echoing_it():
     assert len(error[1]) < 100
 
 
+def test_a_long_unknown_key_is_cut_short_where_it_is_told():
+    ((key, message),) = errors_of({"k" * 100_000: 1})
+    assert len(key) == 101 and len(message) < 200
+
+
 def test_too_many_keys_is_one_message():
     (error,) = errors_of({f"key{i}": 1 for i in range(200_000)})
     assert error[1].startswith("a config has 200,000 keys, more than the 1,000")
