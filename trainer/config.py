@@ -44,7 +44,7 @@ MAX_PATH = 4096  # PATH_MAX on Linux
 MAX_NAME = 100
 
 
-# JSON true is a Python int: without this check, `"max_train_steps": true` would be one step
+# a bool is an int in Python, so pydantic alone takes `"max_train_steps": true` as one step
 NOT_BOOL = PydanticCustomError("number_not_bool", "must be a number, not true or false")
 
 # a lone surrogate ("\ud800") is a Python str (JSON can escape one) but no text: it could be stored, never written out
@@ -219,7 +219,8 @@ def nearest_keys(key: str) -> list[str]:
     return _problems.nearest_keys(key, FIELDS)
 
 
-MODEL_KEYS = {"model_family", "pretrained_model_name_or_path"}  # a config whose model is unknown has no rules to check
+# when one of these fails its own check, the later stages would judge some other model: they are skipped
+MODEL_KEYS = {"model_family", "pretrained_model_name_or_path"}
 
 
 def _friendly(error: dict) -> list[tuple[str, str]]:
