@@ -6,6 +6,8 @@ import json
 
 from playwright.sync_api import expect
 
+from tests.utils.waiting import PATIENCE_MS
+
 SIMPLETUNER = {
     "--model_family": "demo",
     "--layersync_enabled": "true",
@@ -16,7 +18,6 @@ SIMPLETUNER = {
     "--max_train_steps": "30",
     "--report_to": "wandb",
 }
-CHECK_TIMEOUT_MS = 60_000  # a round trip to the server on a loaded machine, far above any real one
 
 
 def import_file(page, data: dict, name: str = "config.json") -> None:
@@ -29,7 +30,7 @@ def test_a_simpletuner_file_fills_the_form_and_the_server_says_what_it_means(pag
     import_file(page, SIMPLETUNER)
 
     status = page.locator("#config-io-status")
-    expect(status).to_contain_text("Imported config.json.", timeout=CHECK_TIMEOUT_MS)
+    expect(status).to_contain_text("Imported config.json.", timeout=PATIENCE_MS)
     expect(status).to_contain_text("ignored 1 key(s) this program does not have: report_to")
     expect(page.get_by_label("Enable LayerSync", exact=True)).to_be_checked()
     expect(page.get_by_label("Student Block", exact=True)).to_have_value("8")
@@ -40,13 +41,13 @@ def test_a_simpletuner_file_fills_the_form_and_the_server_says_what_it_means(pag
 
     # the server's notice, by the field it is about
     teacher_checks = page.locator("#f-layersync_teacher_block-checks")
-    expect(teacher_checks).to_contain_text("LayerSync is a no-op", timeout=CHECK_TIMEOUT_MS)
+    expect(teacher_checks).to_contain_text("LayerSync is a no-op", timeout=PATIENCE_MS)
     page.get_by_label("Teacher Block", exact=True).fill("16")
-    expect(teacher_checks).not_to_contain_text("LayerSync is a no-op", timeout=CHECK_TIMEOUT_MS)
+    expect(teacher_checks).not_to_contain_text("LayerSync is a no-op", timeout=PATIENCE_MS)
 
     # a problem, as typed: the schema's words next to the field
     page.get_by_label("Resolution", exact=True).fill("7")
-    expect(page.locator("#f-resolution-checks")).to_have_text("must be at least 8, got 7", timeout=CHECK_TIMEOUT_MS)
+    expect(page.locator("#f-resolution-checks")).to_have_text("must be at least 8, got 7", timeout=PATIENCE_MS)
     assert page.js_errors == []
 
 
@@ -55,12 +56,12 @@ def test_a_file_with_problems_still_shows_what_it_said_and_every_problem(page, s
     import_file(page, {"--pretrained_model_name_or_path": "/models/not-here", "--layersync_enabled": "true",
                        "--layersync_student_block": "8", "--layersync_lambda": "0"}, "theirs.json")
     status = page.locator("#config-io-status")
-    expect(status).to_contain_text("theirs.json, which has 2 problem(s)", timeout=CHECK_TIMEOUT_MS)
+    expect(status).to_contain_text("theirs.json, which has 2 problem(s)", timeout=PATIENCE_MS)
     expect(status).to_contain_text("model directory '/models/not-here' is not allowed")
     expect(page.get_by_label("Model directory", exact=True)).to_have_value("/models/not-here")
     expect(page.get_by_label("Weight", exact=True)).to_have_value("0")
     expect(page.locator("#f-layersync_lambda-checks")).to_contain_text("LayerSync weight must be > 0",
-                                                                        timeout=CHECK_TIMEOUT_MS)
+                                                                        timeout=PATIENCE_MS)
     assert page.js_errors == []
 
 
