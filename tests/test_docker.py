@@ -24,6 +24,7 @@ from starlette.routing import Match
 from app.main import create_app
 from app.settings import Settings
 from tests.utils.server import app_settings, live_server
+from tests.utils.waiting import PATIENCE_S
 
 try:
     import tomllib
@@ -282,7 +283,7 @@ def test_healthcheck_script_is_copied_and_tells_up_from_down(image, tmp_path):
     def probe(url: str, token: str | None = None) -> subprocess.CompletedProcess:
         env = {key: value for key, value in os.environ.items() if key != "LAYERSYNC_TOKEN"}
         env.update({"LAYERSYNC_TOKEN": token} if token else {})
-        return subprocess.run([sys.executable, str(local), url], env=env, check=False, capture_output=True, timeout=30)
+        return subprocess.run([sys.executable, str(local), url], env=env, check=False, capture_output=True, timeout=PATIENCE_S)
 
     with live_server(app_settings(tmp_path / "data")) as base:
         up, missing = probe(base + path), probe(base + "/api/no-such-route")

@@ -12,6 +12,7 @@ import pytest
 from tests.trainer.families.tiny_unet import tiny_unet
 from tests.utils.server_process import ROOT, ServerProcess
 from tests.utils.tiny_pipelines import flux_pipeline, image_folder
+from tests.utils.waiting import PATIENCE_S
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +42,7 @@ def test_the_server_trains_a_flux_run_from_an_image_folder(models, tmp_path):
         assert created.status_code == 201, created.text
         run = created.json()
         assert run["config"]["pretrained_model_name_or_path"] == str((models / "flux").resolve())
-        done = server.wait_ended(run["id"], timeout=300)
+        done = server.wait_ended(run["id"])
         assert done["status"] == "completed", (done, server.http.get(f"/api/runs/{run['id']}/log").text)
         series = server.http.get(f"/api/runs/{run['id']}/metrics",
                                  params={"names": "layersync_loss,layersync_similarity"}).json()["series"]
@@ -83,7 +84,7 @@ def test_the_cli_trains_a_flux_run(models, tmp_path):
                                           instance_data_dir=str(models / "images"), cache_dir=str(tmp_path / "cache"),
                                           validation_steps=0)))
     done = subprocess.run([sys.executable, "-m", "app.cli", "train", "--config", str(config), "--output-dir",
-                           str(tmp_path / "run"), "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           str(tmp_path / "run"), "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=PATIENCE_S)
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events if e["event"] == "metric" and "layersync_loss" in e] == [1, 2, 3, 4]

@@ -1,7 +1,7 @@
+import json
 import os
 import signal
 import sys
-import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -11,6 +11,7 @@ from app.main import create_app
 from app.workers import pid_alive, slot_devices, write_config
 from tests.utils.factories import SEED_SNIPPET, fast_config
 from tests.utils.server import app_settings, wait_for
+from tests.utils.waiting import wait_until
 
 
 @pytest.fixture
@@ -48,11 +49,22 @@ def test_a_worker_that_dies_without_an_end_fails_the_run_with_its_last_output(on
 
 def wait_for_steps(client, run) -> dict:
     """The run once its worker has reported a step (it is in its loop, its pid recorded)."""
-    deadline = time.monotonic() + 20
-    while not (state := client.get(run["url"]).json())["step"]:
-        assert time.monotonic() < deadline, state
-        time.sleep(0.05)
-    return state
+    def stepped() -> dict | None:
+        state = client.get(run["url"]).json()
+        return state if state["step"] else None
+
+    return wait_until(stepped, what=f"run {run['id']}'s worker to report a step")
+
+
+def last_step(events_file) -> int:
+    """The last step a worker wrote to its events file (0 before any; a half-written last line is skipped)."""
+    steps = [0]
+    for line in events_file.read_text().splitlines():
+        try:
+            steps.append(json.loads(line).get("step") or 0)
+        except json.JSONDecodeError:
+            pass
+    return max(steps)
 
 
 def test_cancel_stops_a_running_worker_which_ends_the_run_cancelled(one_slot, monkeypatch):
@@ -75,11 +87,10 @@ def test_a_worker_that_ignores_the_cancel_is_killed_after_the_grace_period(tmp_p
         client.post(f"{run['url']}/cancel")
         again = client.post(f"{run['url']}/cancel")  # no second SIGTERM: it would cut the final checkpoint short
         assert again.status_code == 409 and "a cancel was already requested" in again.json()["detail"]
-        time.sleep(0.3)
-        assert client.get(run["url"]).json()["status"] == "running"  # SIGTERM ignored, still within the grace
-        # its events restart the grace, but not past CANCEL_GRACE_LIMIT graces (3 s here)
-        done = wait_for(client, run["id"], timeout=20)
-    assert done["status"] == "cancelled" and "killed (SIGKILL)" in done["error"], done
+        # its events restart the grace, but not past CANCEL_GRACE_LIMIT graces (3 s here); when the grace
+        # ends is test_each_event_after_the_cancel_restarts_the_grace_up_to_a_limit's part
+        done = wait_for(client, run["id"])
+    assert done["status"] == "cancelled" and "killed (SIGKILL)" in done["error"], done  # it ignored the SIGTERM
     assert not pid_alive(pid)
 
 
@@ -131,17 +142,17 @@ def test_an_ended_runs_slot_waits_for_its_worker_to_exit(engine, tmp_path):
 
     config = write_config(tmp_path / "data" / "runs" / "1", {})
     chief = scheduler.Scheduler(engine, app_settings(tmp_path / "data", worker_slots=1, gpus="3"))
-    worker = chief.workers.launch([sys.executable, "-c", "import time; time.sleep(1.5)"], config_path=config, device="3")
+    release = tmp_path / "release"  # the worker exits once this exists: it holds its GPU until the test says
+    holds = f"import os, time\nwhile not os.path.exists({str(release)!r}): time.sleep(0.01)"
+    worker = chief.workers.launch([sys.executable, "-c", holds], config_path=config, device="3")
     with Session(engine) as session:
         session.add(Run(name="ended", config={}, status="completed", finished_at=utcnow(), slot="3",
                         pid=worker.pid, pid_started=worker.started))
         session.commit()
     with Session(engine) as session:
         assert chief._free_devices(session) == []  # the run wrote its end, but its worker may hold the GPU yet
-    deadline = time.monotonic() + 20
-    while pid_alive(worker.pid, worker.started):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    release.touch()
+    wait_until(lambda: not pid_alive(worker.pid, worker.started), what="the worker to exit")
     with Session(engine) as session:
         assert chief._free_devices(session) == ["3"]
 
@@ -151,11 +162,12 @@ def test_workers_that_ended_are_reaped_each_tick(engine, tmp_path):
     config = write_config(tmp_path / "data" / "runs" / "1", {})
     chief = scheduler.Scheduler(engine, app_settings(tmp_path / "data"))
     worker = chief.workers.launch([sys.executable, "-c", "pass"], config_path=config, device="cpu")
-    deadline = time.monotonic() + 20
-    while os.path.exists(f"/proc/{worker.pid}/stat"):  # a zombie keeps its /proc entry until reaped
-        assert time.monotonic() < deadline, "the ended worker was not reaped (a zombie)"
+
+    def reaped() -> bool:  # a zombie keeps its /proc entry until reaped
         chief.tick()
-        time.sleep(0.05)
+        return not os.path.exists(f"/proc/{worker.pid}/stat")
+
+    wait_until(reaped, what="the ended worker to be reaped (not left a zombie)")
 
 
 def test_a_worker_whose_pid_cannot_be_saved_is_killed_and_its_run_failed(tmp_path, monkeypatch):
@@ -185,10 +197,7 @@ def test_a_worker_whose_pid_cannot_be_saved_is_killed_and_its_run_failed(tmp_pat
         run = session.get(Run, 1)
     engine.dispose()
     assert run.status == "failed" and "could not record it (" in run.error and "database is locked" in run.error
-    deadline = time.monotonic() + 20
-    while pid_alive(run.pid, run.pid_started):  # SIGKILLed, and reaped here
-        assert time.monotonic() < deadline, "the worker was left running"
-        time.sleep(0.05)
+    wait_until(lambda: not pid_alive(run.pid, run.pid_started), what="the worker to be killed (not left running)")
 
 
 def test_a_restarted_server_takes_its_running_worker_back(one_slot, monkeypatch):
@@ -196,12 +205,13 @@ def test_a_restarted_server_takes_its_running_worker_back(one_slot, monkeypatch)
     with TestClient(create_app(one_slot)) as client:
         run = client.post("/api/runs", json={}).json()
         pid = wait_for_steps(client, run)["pid"]
+        followed = client.get(run["url"]).json()["step"]
     assert pid_alive(pid)  # the worker outlives the server
-    time.sleep(0.3)  # it writes metrics meanwhile
+    events = one_slot.runs_dir / str(run["id"]) / "events.jsonl"
+    wait_until(lambda: last_step(events) > followed, what="the worker to write metrics while no server follows it")
     with TestClient(create_app(one_slot)) as client:
         step = client.get(run["url"]).json()["step"]
-        time.sleep(0.5)
-        assert client.get(run["url"]).json()["step"] > step  # followed again
+        wait_until(lambda: client.get(run["url"]).json()["step"] > step, what="the restarted server to follow the worker")
         client.post(f"{run['url']}/cancel")
         assert wait_for(client, run["id"])["status"] == "cancelled"
         steps = client.get(f"{run['url']}/metrics", params={"names": "loss", "max_points": 100_000}).json()["series"]["loss"]["steps"]
@@ -230,7 +240,7 @@ def test_the_real_trainer_runs_a_layersync_run_end_to_end(tmp_path, tiny_model_d
                          checkpointing_steps=0)
     with TestClient(create_app(settings)) as client:
         run = client.post("/api/runs", params={"name": "real"}, json=config).json()
-        done = wait_for(client, run["id"], timeout=60)
+        done = wait_for(client, run["id"])
         assert done["status"] == "completed", done["error"]
         series = client.get(f"{run['url']}/metrics").json()["series"]
         sample = client.get(done["sample_url"])

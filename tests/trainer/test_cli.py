@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.utils.factories import SEED_SNIPPET, write_config
+from tests.utils.waiting import PATIENCE_S
 from trainer.cli import config_from_args, train_main
 from trainer.config import ConfigError, validate_config
 from trainer.events import read_events
@@ -85,7 +86,7 @@ def test_python_dash_m_trainer_reports_a_bad_config_in_one_line(tmp_path):
     path = write_config(tmp_path / "run.json", {"layersync_enabled": True, "layersync_student_block": 8, "layersync_lambda": -1})
     result = subprocess.run(
         [sys.executable, "-m", "trainer", "--config", str(path), "--output-dir", str(tmp_path / "out")],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        capture_output=True, text=True, cwd=ROOT, timeout=PATIENCE_S,
     )
     assert result.returncode == 2
     assert "layersync_lambda: LayerSync weight must be > 0, got -1.0" in result.stderr

@@ -2,7 +2,6 @@
 
 import sys
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.models import FINISHED
 from app.settings import Settings
+from tests.utils.waiting import PATIENCE_S, wait_until
 
 FAKE_WORKER = Path(__file__).resolve().parents[1] / "app" / "fake_worker.py"
 
@@ -23,16 +23,16 @@ def app_settings(data_dir: Path, **overrides) -> Settings:
     return Settings(**values)
 
 
-def wait_for(client: TestClient, run_id: int, statuses=FINISHED, timeout: float = 20.0) -> dict:
+def wait_for(client: TestClient, run_id: int, statuses=FINISHED, timeout: float = PATIENCE_S) -> dict:
     """Poll the API until the run's status is one of ``statuses``; returns the run."""
-    deadline = time.monotonic() + timeout
-    while True:
-        run = client.get(f"/api/runs/{run_id}").json()
-        if run["status"] in statuses:
-            return run
-        if time.monotonic() > deadline:
-            raise AssertionError(f"run {run_id} still {run['status']} after {timeout} s: {run}")
-        time.sleep(0.05)
+    last: dict = {}
+
+    def there() -> dict | None:
+        nonlocal last
+        last = client.get(f"/api/runs/{run_id}").json()
+        return last if last["status"] in statuses else None
+
+    return wait_until(there, timeout, lambda: f"run {run_id} to be {' or '.join(statuses)}, still {last.get('status')}: {last}")
 
 
 @contextmanager
@@ -41,11 +41,12 @@ def live_server(settings: Settings):
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.01)
+
+    def started() -> bool:
+        assert thread.is_alive(), "the test server stopped before it started"
+        return server.started
+
+    wait_until(started, what="the test server to start", interval=0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield f"http://127.0.0.1:{port}"

@@ -7,13 +7,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from app.models import FINISHED
 from app.workers import pid_alive
+from tests.utils.waiting import PATIENCE_S, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,16 +48,12 @@ class ServerProcess:
             [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=self.env,
         )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if self.http.get("/api/health").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start: {(self.data_dir.parent / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.1)
+
+        def healthy() -> bool:
+            assert self.process.poll() is None, f"the server exited: {(self.data_dir.parent / 'server.log').read_text()[-2000:]}"
+            return self.http.get("/api/health").status_code == 200
+
+        wait_until(healthy, what="the server to answer /api/health", interval=0.1, ignore=(httpx.TransportError,))
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, as when the machine or the OOM killer takes it."""
@@ -70,17 +66,19 @@ class ServerProcess:
             self.worker_pids.add(run["pid"])
         return run
 
-    def wait(self, run_id: int, until, timeout: float = 120.0) -> dict:
+    def wait(self, run_id: int, until, timeout: float = PATIENCE_S) -> dict:
         """Poll until ``until(run)`` holds (or a status in FINISHED when ``until`` is a tuple of statuses)."""
         check = until if callable(until) else (lambda run: run["status"] in until)
-        deadline = time.monotonic() + timeout
-        while not check(run := self.run(run_id)):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"run {run_id} did not get there within {timeout} s: {run}")
-            time.sleep(0.1)
-        return run
+        last: dict = {}
 
-    def wait_ended(self, run_id: int, timeout: float = 120.0) -> dict:
+        def there() -> dict | None:
+            nonlocal last
+            last = self.run(run_id)
+            return last if check(last) else None
+
+        return wait_until(there, timeout, lambda: f"run {run_id} to get there: {last}", interval=0.1)
+
+    def wait_ended(self, run_id: int, timeout: float = PATIENCE_S) -> dict:
         return self.wait(run_id, FINISHED, timeout)
 
     def close(self) -> None:
