@@ -19,8 +19,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select, update
 
 from app.eventlog import append_event
+from app.lifecycle import FINISHED, RunChanged, RunStatus, transition
 from app.metrics import record_points
-from app.models import FINISHED, SQL_INT_MAX, Run, utcnow
+from app.models import SQL_INT_MAX, Run
 from trainer.events import EVENT_TYPES, EVENTS_FILE
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def follow_run(engine: Engine, run_id: int) -> int:
 def _follow_chunk(engine: Engine, run_id: int) -> tuple[int, bool]:
     with Session(engine) as session:
         run = session.get(Run, run_id)
-        if run is None or run.status != "running":
+        if run is None or run.status != RunStatus.RUNNING:
             return 0, False
         offset, path = run.events_offset, Path(run.output_dir) / EVENTS_FILE
         try:
@@ -77,7 +78,12 @@ def _follow_chunk(engine: Engine, run_id: int) -> tuple[int, bool]:
         if not claimed:  # another reader stored these bytes (and maybe more): read on from where it stopped
             session.rollback()
             return 0, True
-        _store(session, run_id, events)
+        try:
+            _store(session, run_id, events)
+        except RunChanged as exc:  # ended meanwhile by another writer: its status stands, and a run no
+            session.rollback()     # longer running is not followed
+            log.warning("run %s: its worker's end was not stored: %s", run_id, exc)
+            return 0, False
         session.commit()
         return len(events), len(chunk) == CHUNK_BYTES  # a full chunk: the file may hold more
 
@@ -141,10 +147,13 @@ def _problem(event) -> str | None:
 def _store(session: Session, run_id: int, events: list[dict]) -> None:
     """Events into the log, metrics into the series, and what the run row shows (one transaction)."""
     run = session.get(Run, run_id)
-    last_metrics, changes, points = dict(run.last_metrics), {}, []
+    last_metrics, changes, points, end = dict(run.last_metrics), {}, [], None
     for event in events:
-        append_event(session, run_id=run_id, event=event)
         kind = event["event"]
+        if kind == "end":  # the last event (_events stops there): the move to its status appends it
+            end = event
+        else:
+            append_event(session, run_id=run_id, event=event)
         if event.get("step") is not None and kind in ("metric", "status", "end"):
             changes["step"] = event["step"]
         if kind == "metric":
@@ -156,14 +165,14 @@ def _store(session: Session, run_id: int, events: list[dict]) -> None:
             changes["last_checkpoint"] = event.get("path")
         elif kind == "error":
             changes["error"] = str(event.get("message", ""))
-        elif kind == "end":
-            changes.update(status=event["status"], finished_at=utcnow())
-            if event["status"] == "failed" and event.get("reason"):
-                changes["error"] = str(event["reason"])
+        elif kind == "end" and event["status"] == RunStatus.FAILED and event.get("reason"):
+            changes["error"] = str(event["reason"])
     record_points(session, run_id=run_id, points=points)
     if last_metrics != run.last_metrics:
         changes["last_metrics"] = last_metrics
-    if changes:
+    if end is not None:  # the worker's own end: its status, its event and the row's last values at once
+        transition(session, run_id=run_id, to=end["status"], expected=RunStatus.RUNNING, event=end, **changes)
+    elif changes:
         session.exec(update(Run).where(Run.id == run_id).values(**changes))
 
 
@@ -180,7 +189,7 @@ def _number(value) -> float | None:
 
 def follow_live_runs(engine: Engine) -> int:
     with Session(engine) as session:
-        live = list(session.exec(select(Run.id).where(Run.status == "running")))
+        live = list(session.exec(select(Run.id).where(Run.status == RunStatus.RUNNING)))
     return sum(follow_run(engine, run_id) for run_id in live)
 
 

@@ -1,19 +1,37 @@
 """Tables: runs, their metric points (and per-block summaries of them), and their event log."""
 
+from copy import copy
 from datetime import datetime, timezone
+from enum import Enum
 from typing import Any
 
-from pydantic import field_validator
+from pydantic import create_model, field_validator
 from sqlalchemy import JSON, Column, Index
 from sqlmodel import Field, SQLModel
 
-RUN_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
-FINISHED = ("completed", "failed", "cancelled")
 SQL_INT_MAX = 2**63 - 1  # the largest integer a column holds: ids and steps beyond it are refused before a query
 
 # metric points are summarised per block of this many steps, so a long series is downsampled
 # from ~1/64 of its rows (see app.metrics)
 BLOCK_STEPS = 64
+
+
+class RunStatus(str, Enum):
+    """A run's status, stored and answered as its value; app.lifecycle says which moves are allowed."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:  # in messages and templates the word, not "RunStatus.QUEUED"
+        return self.value
+
+    __format__ = str.__format__
+
+
+RUN_STATUSES = tuple(status.value for status in RunStatus)  # the words, for a Literal parameter
 
 
 def utcnow() -> datetime:
@@ -31,13 +49,13 @@ class Run(RunBase, table=True):
     __table_args__ = {"sqlite_autoincrement": True}
     id: int | None = Field(default=None, primary_key=True)
     config: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
-    status: str = Field(default="queued", index=True)
+    status: str = Field(default=RunStatus.QUEUED, index=True)
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None
     output_dir: str = ""
     pid: int | None = None
-    # the worker's start time (/proc/<pid>/stat): a pid the system gave to another process is not the worker
+    # the worker's start time: a pid the system gave to another process is not the worker
     pid_started: int | None = None
     queued_at: datetime | None = Field(default_factory=utcnow)  # the queue's order; a resume queues again
     slot: str | None = None  # the GPU id the worker was given, or "cpu"
@@ -49,26 +67,27 @@ class Run(RunBase, table=True):
     events_offset: int = 0  # bytes of events.jsonl already stored: a restarted server resumes here
 
 
-class RunPublic(RunBase):
-    id: int
+# the server's own columns, which the API does not answer: where the run's folder is on the server's
+# disk, its worker process, and how far its events file is stored
+SERVER_ONLY = ("output_dir", "pid", "pid_started", "slot", "events_offset")
+
+# the run's other columns as they are declared on Run (their types, defaults and limits), not typed again
+_RunColumns = create_model(
+    "RunColumns", __base__=SQLModel,
+    **{name: (field.annotation, copy(field)) for name, field in Run.model_fields.items() if name not in SERVER_ONLY},
+)
+
+
+class RunPublic(_RunColumns):
+    """A run as the API answers: its columns but the server's own, and what is computed from them."""
+
+    id: int  # always set once stored
     url: str
-    status: str
-    config: dict[str, Any]
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    output_dir: str
-    pid: int | None
-    error: str | None
-    step: int
     max_train_steps: int
-    last_metrics: dict[str, float]
-    last_checkpoint: str | None
     sample_url: str | None  # the newest sample grid
-    cancel_requested: bool
     queue_position: int | None = None  # 1 for the run that starts next; None when not queued
 
-    @field_validator("created_at", "started_at", "finished_at")
+    @field_validator("created_at", "started_at", "finished_at", "queued_at")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
         # SQLite hands datetimes back without their zone; they were stored as UTC

@@ -20,7 +20,8 @@ class Broker:
 
     @contextmanager
     def subscribe(self, run_id: int) -> Iterator[asyncio.Queue]:
-        """A queue that receives what is published for the run (``OVERFLOWED`` when it fell behind)."""
+        """A queue that receives what is published for the run; ``CLOSED`` comes last, once the
+        subscriber fell QUEUE_LIMIT items behind or the server stops (the stream then ends)."""
         queue: asyncio.Queue = asyncio.Queue(maxsize=QUEUE_LIMIT)
         self._queues[run_id].add(queue)
         try:

@@ -1,7 +1,9 @@
 """Runs: create, list, read, cancel, delete, and what a run's folder shows (log tail, latest sample).
 
-Functions here take a session and keyword arguments and know nothing of HTTP; they raise
-``ConfigError``, ``RunNotFound`` or ``RunStateError`` with a message that says what to do.
+Functions here take a session and keyword arguments; they neither read requests nor answer them,
+and raise ``ConfigError``, ``RunNotFound`` or ``RunStateError`` (app.errors answers them 422, 404
+and 409). Their messages say what to do, naming the API's route where one helps, and ``to_public``
+gives a run its URLs. A status changes only through app.lifecycle.transition.
 """
 
 import re
@@ -14,15 +16,15 @@ from sqlmodel import Session, delete, func, select, update
 
 from app.bounds import run_id_in_range
 from app.configs import check_config
-from app.eventlog import append_event, file_url, server_event
-from app.models import FINISHED, Metric, MetricBlock, Run, RunEvent, RunPublic, RunsPage, utcnow
+from app.eventlog import file_url, server_event
+from app.lifecycle import RunChanged, RunStateError, RunStatus, check, transition
+from app.models import Metric, MetricBlock, Run, RunEvent, RunPublic, RunsPage
 from app.paths import inside
 from app.workers import WORKER_LOG, stop_worker
 from trainer.config import ConfigError, config_to_json
 from trainer.runlock import RUN_LOCK, holder_pid, is_locked
 
 NAME_MAX = 200
-RESUMABLE = ("failed", "cancelled")
 QUEUE_ORDER = (Run.queued_at, Run.id)  # first queued, first started; a resumed run queues anew
 
 
@@ -33,10 +35,6 @@ class NotFound(LookupError):
 class RunNotFound(NotFound):
     def __init__(self, run_id: int):
         super().__init__(f"run {run_id} does not exist: list the runs with GET /api/runs")
-
-
-class RunStateError(ValueError):
-    """The run is in a state that does not allow the request (HTTP 409)."""
 
 
 def default_name(config) -> str:
@@ -89,13 +87,13 @@ def get_run(session: Session, *, run_id: int) -> Run:
 
 def queue_positions(session: Session) -> dict[int, int]:
     """Each queued run's place in the queue, 1 for the run that starts next (the scheduler's order)."""
-    queued = session.exec(select(Run.id).where(Run.status == "queued").order_by(*QUEUE_ORDER))
+    queued = session.exec(select(Run.id).where(Run.status == RunStatus.QUEUED).order_by(*QUEUE_ORDER))
     return {run_id: position for position, run_id in enumerate(queued, start=1)}
 
 
 def to_public(run: Run, positions: dict[int, int] | None = None) -> RunPublic:
     """The run as the API shows it; ``positions`` (from queue_positions) is looked up when not given."""
-    if positions is None and run.status == "queued":
+    if positions is None and run.status == RunStatus.QUEUED:
         positions = queue_positions(Session.object_session(run))
     return RunPublic.model_validate(run, update={
         "queue_position": (positions or {}).get(run.id),
@@ -110,27 +108,35 @@ def cancel_run(session: Session, *, run_id: int) -> Run:
     group: the worker checkpoints and ends the run ``cancelled``). Asked once only: a second SIGTERM
     would cut the worker's final checkpoint short, so a second cancel raises RunStateError."""
     run = get_run(session, run_id=run_id)
-    if run.status in FINISHED:
-        raise RunStateError(f"run {run_id} already ended ({run.status}): there is nothing to cancel")
-    # conditional updates: the scheduler may start this run at the same moment, another request cancel it
-    cancelled = session.exec(
-        update(Run).where(Run.id == run_id, Run.status == "queued").values(status="cancelled", finished_at=utcnow())
-    ).rowcount
-    if cancelled:
-        append_event(session, run_id=run_id, event=server_event("end", status="cancelled", reason="cancelled before it started"))
-    else:
-        asked = session.exec(
-            update(Run).where(Run.id == run_id, Run.cancel_requested == False).values(cancel_requested=True)  # noqa: E712
-        ).rowcount
-        if not asked:
+    check(run_id, run.status, RunStatus.CANCELLED)  # a finished run: there is nothing to cancel
+    if run.status == RunStatus.QUEUED:
+        reason = "cancelled before it started"
+        try:
+            transition(session, run_id=run_id, to=RunStatus.CANCELLED, expected=RunStatus.QUEUED,
+                       event=server_event("end", status=RunStatus.CANCELLED, reason=reason))
+        except RunChanged:  # the scheduler started it (or another request ended it) meanwhile: look again
             session.rollback()
-            raise RunStateError(
-                f"run {run_id}: a cancel was already requested: the worker is finishing its step and writing a "
-                "checkpoint (it is killed if it takes too long); wait until the run ends cancelled"
-            )
+            run = get_run(session, run_id=run_id)
+            check(run_id, run.status, RunStatus.CANCELLED)
+        else:
+            session.commit()
+            session.refresh(run)
+            return run
+    # running: ask its worker to stop; conditional, as the worker may end the run at the same moment
+    asked = session.exec(
+        update(Run).where(Run.id == run_id, Run.status == RunStatus.RUNNING, Run.cancel_requested.is_(False))
+        .values(cancel_requested=True)
+    ).rowcount
+    if not asked:
+        session.rollback()
+        check(run_id, get_run(session, run_id=run_id).status, RunStatus.CANCELLED)  # it ended meanwhile
+        raise RunStateError(
+            f"run {run_id}: a cancel was already requested: the worker is finishing its step and writing a "
+            "checkpoint (it is killed if it takes too long); wait until the run ends cancelled"
+        )
     session.commit()
     session.refresh(run)
-    if run.status == "running" and run.pid is not None:  # only the request that set cancel_requested gets here
+    if run.pid is not None:  # only the request that set cancel_requested gets here
         stop_worker(run.pid, run.pid_started)
     return run
 
@@ -140,23 +146,16 @@ def resume_run(session: Session, *, run_id: int) -> Run:
     folder; one that has none starts again as it first did (from the checkpoint its config names,
     or from step 0). The steps it repeats overwrite their points."""
     run = get_run(session, run_id=run_id)
-    if run.status not in RESUMABLE:
-        hint = "start a new run from its config instead" if run.status == "completed" else "wait until it has ended"
-        raise RunStateError(f"run {run_id} is {run.status}: only a failed or cancelled run can be resumed; {hint}")
+    check(run_id, run.status, RunStatus.QUEUED)  # only a failed or cancelled run; says what to do otherwise
     _refuse_while_locked(run, "resumed")
     config = {**run.config, "resume_from_checkpoint": "latest"} if has_own_checkpoint(run) else run.config
-    resumed = session.exec(
-        update(Run).where(Run.id == run_id, Run.status == run.status).values(
-            status="queued", queued_at=utcnow(), finished_at=None, error=None, pid=None, pid_started=None,
-            slot=None, cancel_requested=False, config=config,
-        )
-    ).rowcount
-    if not resumed:  # resumed or deleted by another request meanwhile
+    event = server_event("status", status=RunStatus.QUEUED, message=_queued_again(run))
+    try:
+        transition(session, run_id=run_id, to=RunStatus.QUEUED, expected=run.status, event=event, error=None,
+                   pid=None, pid_started=None, slot=None, cancel_requested=False, config=config)
+    except RunChanged:  # resumed or deleted by another request meanwhile
         session.rollback()
-        raise RunStateError(f"run {run_id} changed while it was being resumed: reload it and try again")
-    where = run.last_checkpoint or _start_point(run.config)
-    message = f"resumed: queued to continue from {where}"
-    append_event(session, run_id=run_id, event=server_event("status", status="queued", message=message))
+        raise RunChanged(f"run {run_id} changed while it was being resumed: reload it and try again") from None
     session.commit()
     session.refresh(run)
     return run
@@ -168,6 +167,25 @@ def has_own_checkpoint(run: Run) -> bool:
     folder = Path(run.output_dir) / "checkpoints" if run.output_dir else None
     complete = folder is not None and any((path / "state.json").is_file() for path in folder.glob("step_*"))
     return bool(run.last_checkpoint) or complete
+
+
+def resume_offer(run: Run) -> str:
+    """What resuming a failed or cancelled run does, in the words of its button."""
+    if has_own_checkpoint(run):
+        return "Resume from the latest checkpoint"
+    if run.started_at is None:  # cancelled while queued: there is nothing to resume
+        return "Queue it again"
+    origin = run.config.get("resume_from_checkpoint")
+    return "Start again from the checkpoint it started from" if origin and origin != "latest" else "Start again from step 0"
+
+
+def _queued_again(run: Run) -> str:
+    """The event of a resume: where the run will start."""
+    if has_own_checkpoint(run):
+        return f"resumed: queued to continue from {run.last_checkpoint or 'its latest checkpoint'}"
+    if run.started_at is None:
+        return "queued again: it was cancelled before it started"
+    return f"queued to start again from {_start_point(run.config)}"
 
 
 def _start_point(config: dict) -> str:
@@ -192,13 +210,13 @@ def _refuse_while_locked(run: Run, action: str) -> None:
 def delete_run(session: Session, *, run_id: int) -> None:
     """Delete a run that is not running, with its points, events and folder."""
     run = get_run(session, run_id=run_id)
-    if run.status == "running":
+    if run.status == RunStatus.RUNNING:
         raise RunStateError(f"run {run_id} is running: cancel it first (POST /api/runs/{run_id}/cancel), then delete it")
     _refuse_while_locked(run, "deleted")
     # the rows that point at the run go first: SQLite enforces the foreign keys (PRAGMA foreign_keys=ON)
     for table in (Metric, MetricBlock, RunEvent):
         session.exec(delete(table).where(table.run_id == run_id))
-    gone = session.exec(delete(Run).where(Run.id == run_id, Run.status != "running")).rowcount
+    gone = session.exec(delete(Run).where(Run.id == run_id, Run.status != RunStatus.RUNNING)).rowcount
     if not gone:  # the scheduler started it after we looked: keep its rows too
         session.rollback()
         raise RunStateError(f"run {run_id} has just started: cancel it first (POST /api/runs/{run_id}/cancel)")
@@ -227,7 +245,7 @@ def latest_sample(output_dir: str | Path) -> str | None:
     return str(max(steps)[1].relative_to(output_dir)) if steps else None
 
 
-def latest_sample_url(run: Run | RunPublic) -> str | None:
+def latest_sample_url(run: Run) -> str | None:
     path = latest_sample(run.output_dir) if run.output_dir else None
     return file_url(run.id, path) if path else None
 

@@ -27,7 +27,8 @@ from sqlmodel import Session, select, update
 
 from app.eventlog import append_event, last_seq, server_event
 from app.follower import follow_run
-from app.models import FINISHED, Run, utcnow
+from app.lifecycle import FINISHED, RunChanged, RunStatus, transition
+from app.models import Run, utcnow
 from app.runs import QUEUE_ORDER, log_tail
 from app.settings import Settings
 from app.workers import WORKER_LOG, Workers, slot_devices, stop_worker, write_config
@@ -63,7 +64,7 @@ class Scheduler:
     def _settle_ended_workers(self) -> bool:
         with Session(self.engine) as session:
             query = select(Run.id, Run.pid, Run.pid_started, Run.cancel_requested, Run.output_dir)
-            running = list(session.exec(query.where(Run.status == "running")))
+            running = list(session.exec(query.where(Run.status == RunStatus.RUNNING)))
         settled = False
         for run_id, pid, started, cancel_requested, output_dir in running:
             if pid is not None and self.workers.alive(pid, started):
@@ -106,15 +107,13 @@ class Scheduler:
     def _end_without_end_event(self, run_id: int, code: int | None) -> bool:
         with Session(self.engine) as session:
             run = session.get(Run, run_id)
-            status = "cancelled" if run.cancel_requested else "failed"
+            status = RunStatus.CANCELLED if run.cancel_requested else RunStatus.FAILED
             reason = self._reason(run, code)
-            ended = session.exec(
-                update(Run).where(Run.id == run_id, Run.status == "running")
-                .values(status=status, finished_at=utcnow(), error=reason)
-            ).rowcount
-            if not ended:  # the follower found its end event after all
+            event = server_event("end", status=status, step=run.step, reason=reason)
+            try:
+                transition(session, run_id=run_id, to=status, expected=RunStatus.RUNNING, event=event, error=reason)
+            except RunChanged:  # the follower found its end event after all
                 return False
-            append_event(session, run_id=run_id, event=server_event("end", status=status, step=run.step, reason=reason))
             session.commit()
             return True
 
@@ -140,7 +139,7 @@ class Scheduler:
         return f"{reason} and printed nothing (see {WORKER_LOG} in the run folder)"
 
     def _free_devices(self, session: Session) -> list[str]:
-        busy = Counter(session.exec(select(Run.slot).where(Run.status == "running")))
+        busy = Counter(session.exec(select(Run.slot).where(Run.status == RunStatus.RUNNING)))
         busy.update(self._exiting_slots(session))
         return list((Counter(self.devices) - busy).elements())
 
@@ -158,19 +157,23 @@ class Scheduler:
         with Session(self.engine) as session:
             free = self._free_devices(session)
             while free:
-                run = session.exec(select(Run).where(Run.status == "queued").order_by(*QUEUE_ORDER)).first()
+                run = session.exec(select(Run).where(Run.status == RunStatus.QUEUED).order_by(*QUEUE_ORDER)).first()
                 if run is None:
                     break
                 run_id, device = run.id, free[0]
-                claimed = session.exec(
-                    update(Run).where(Run.id == run_id, Run.status == "queued")
-                    .values(status="running", started_at=utcnow(), slot=device)
-                ).rowcount
+                # the run's status events read in order: this one, the worker's own "starting", then its
+                # "running" once it trains (the run is running, as far as the queue goes, from here)
+                event = server_event("status", status="starting", message=f"starting a worker on {_where(device)}")
+                try:
+                    transition(session, run_id=run_id, to=RunStatus.RUNNING, expected=RunStatus.QUEUED, event=event,
+                               slot=device)
+                except RunChanged:  # cancelled or deleted meanwhile: look again
+                    session.rollback()
+                    continue
                 session.commit()
-                if claimed:  # else it was cancelled or deleted meanwhile: look again
-                    self._launch(session, run_id, device)
-                    free.pop(0)
-                    started = True
+                self._launch(session, run_id, device)
+                free.pop(0)
+                started = True
         return started
 
     def _launch(self, session: Session, run_id: int, device: str) -> None:
@@ -185,11 +188,10 @@ class Scheduler:
             pid, started = self.workers.launch(self.command, config_path=config_path, device=device)
         except OSError as exc:
             return self._fail_start(session, run, f"the worker could not be started ({exc}): check the worker_command setting")
-        where = "the CPU" if device == "cpu" else f"GPU {device}"
-        message = f"worker started (pid {pid}) on {where}"
-        try:
+        message = f"worker started (pid {pid}) on {_where(device)}"
+        try:  # not a move: the run is running since its claim; it gains its worker's pid
             session.exec(update(Run).where(Run.id == run_id).values(pid=pid, pid_started=started))
-            append_event(session, run_id=run_id, event=server_event("status", status="running", message=message))
+            append_event(session, run_id=run_id, event=server_event("status", status="starting", message=message))
             session.commit()
         except Exception as exc:  # noqa: BLE001 - e.g. a locked database: the worker must not run unrecorded
             return self._abandon(session, run, pid, started, exc)
@@ -214,8 +216,9 @@ class Scheduler:
 
     def _fail_start(self, session: Session, run: Run, reason: str, **values) -> None:
         # values: the pid of a killed worker, so its slot waits for it to exit
-        session.exec(update(Run).where(Run.id == run.id).values(status="failed", finished_at=utcnow(), error=reason, **values))
-        append_event(session, run_id=run.id, event=server_event("end", status="failed", step=run.step, reason=reason))
+        event = server_event("end", status=RunStatus.FAILED, step=run.step, reason=reason)
+        transition(session, run_id=run.id, to=RunStatus.FAILED, expected=RunStatus.RUNNING, event=event, error=reason,
+                   **values)
         session.commit()
         log.warning("run %s: %s", run.id, reason)
 
@@ -228,6 +231,10 @@ class Scheduler:
             except Exception:  # noqa: BLE001 - one bad tick (a locked database, a full disk) must not stop scheduling
                 log.exception("scheduling runs failed; retrying")
             await asyncio.sleep(TICK_SECONDS)
+
+
+def _where(device: str) -> str:
+    return "the CPU" if device == "cpu" else f"GPU {device}"
 
 
 class CancelSeen(NamedTuple):

@@ -1,11 +1,19 @@
-"""A run's events as Server-Sent Events: replay from the database, then live, then close at ``end``.
+"""A run's events as Server-Sent Events: replay from the database, the run's status now, then live,
+then close at ``end``.
 
-Every event is framed once (``event:`` name, ``id:`` = its database sequence number, ``data:``
+Every stored event is framed once (``event:`` name, ``id:`` = its database sequence number, ``data:``
 JSON) and the same bytes go to every client. A stream subscribes before it replays, so an event
 stored meanwhile arrives by one way or both and is sent once (ids only grow).
+
+After the replay comes one ``status`` frame of how the run stands now (``"current": true``, with
+its queue position while it waits): a queued run's page hears at once, not when its worker starts.
+It has no ``id:``, as it is no stored event: EventSource keeps the last stored id for Last-Event-ID,
+and a reconnection replays from there and gets the status of that moment.
 """
 
 import asyncio
+import json
+import time
 from collections.abc import AsyncIterator
 from typing import NamedTuple
 
@@ -14,9 +22,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from app.eventlog import events_after, last_seq, new_events
-from app.models import FINISHED, Run, RunEvent
+from app.lifecycle import FINISHED, RunStatus
+from app.models import Run, RunEvent
 from app.pubsub import CLOSED, Broker
-from app.runs import RunNotFound, run_id_in_range
+from app.runs import RunNotFound, queue_positions, run_id_in_range
 
 HEARTBEAT_SECONDS = 15.0  # a comment line this often keeps proxies from closing an idle stream
 FEED_SECONDS = 0.25  # the feed also looks without being woken: routes and the scheduler append events too
@@ -70,6 +79,26 @@ def _state(engine: Engine, run_id: int) -> tuple[str | None, int]:
         return (run.status if run else None), last_seq(session, run_id=run_id)
 
 
+def _current(engine: Engine, run_id: int) -> tuple[bytes | None, str | None]:
+    """(the status frame of the run now, its status); (None, None) when it is gone."""
+    with Session(engine) as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            return None, None
+        data = {"event": "status", "time": round(time.time(), 3), "status": run.status, "step": run.step, "current": True}
+        if run.status == RunStatus.QUEUED:
+            position = queue_positions(session).get(run_id)
+            data.update(queue_position=position, message=f"queued: number {position} in the queue (runs start in "
+                                                          "the order they were queued; a resumed run queues anew)")
+        elif run.status == RunStatus.RUNNING:
+            steps = run.config.get("max_train_steps", "?")
+            stopping = "; a cancel was asked for, the worker is stopping" if run.cancel_requested else ""
+            data["message"] = f"running: step {run.step} of {steps}{stopping}"
+        else:
+            data["message"] = run.status
+    return f"event: status\ndata: {json.dumps(data)}\n\n".encode(), run.status
+
+
 async def open_stream(engine: Engine, broker: Broker, run_id: int, after: int) -> Response:
     """The stream of events after ``after``; 204 (which tells EventSource not to reconnect) when
     the run has ended and nothing after ``after`` is left to send. Raises RunNotFound."""
@@ -95,6 +124,16 @@ async def _stream(engine: Engine, broker: Broker, run_id: int, after: int) -> As
                     return
             if len(batch) < REPLAY_BATCH:
                 break
+        frame, status = await asyncio.to_thread(_current, engine, run_id)
+        if frame is None:  # deleted meanwhile
+            return
+        yield frame
+        if status in FINISHED:  # it ended during the replay: what it stored since (its end), then close
+            for item in await asyncio.to_thread(_replay, engine, run_id, after):
+                yield item.frame
+                if item.kind == "end":
+                    break
+            return
         while True:
             try:
                 item = queue.get_nowait() if not queue.empty() else await asyncio.wait_for(queue.get(), HEARTBEAT_SECONDS)

@@ -11,7 +11,7 @@ from app import configs, errors, metrics, runs, schema, sse
 from app.bounds import EventsAfter, LastEventId, Limit, LogLines, MaxPoints, Offset, StepsAfter
 from app.db import SessionDep
 from app.eventlog import last_seq
-from app.models import RUN_STATUSES, Run, RunPublic, RunsPage
+from app.models import RUN_STATUSES, Run, RunPublic, RunsPage, RunStatus
 from app.runs import NAME_MAX
 
 router = APIRouter(prefix="/api", tags=["api"], responses=errors.INVALID)
@@ -39,7 +39,8 @@ def health(request: Request, session: SessionDep) -> dict:
     """Whether the server and its database answer, with the worker slots and how many runs wait or train."""
     counts = dict(session.exec(select(Run.status, func.count()).group_by(Run.status)).all())
     slots = request.app.state.scheduler.devices
-    return {"status": "ok", "slots": slots, "queued": counts.get("queued", 0), "running": counts.get("running", 0)}
+    return {"status": "ok", "slots": slots, "queued": counts.get(RunStatus.QUEUED, 0),
+            "running": counts.get(RunStatus.RUNNING, 0)}
 
 
 @router.get("/families")

@@ -30,10 +30,11 @@ from app.forms import (
     form_values,
     notices_by_field,
 )
-from app.models import FINISHED, RUN_STATUSES
+from app.lifecycle import LIVE, RESUMABLE, RunStatus
+from app.models import RUN_STATUSES
 from app.runs import (
-    RESUMABLE, RunNotFound, RunStateError, cancel_run, create_run, get_run, latest_sample_url, list_runs, log_tail,
-    resume_run, run_id_in_range,
+    RunNotFound, RunStateError, cancel_run, create_run, get_run, latest_sample_url, list_runs, log_tail,
+    queue_positions, resume_offer, resume_run, run_id_in_range,
 )
 from trainer.config import ConfigError
 
@@ -46,7 +47,6 @@ LOG_LINES = 60
 CHART_METRICS = ("loss", "diffusion_loss", "layersync_loss", "layersync_similarity")
 RUN_METRICS = CHART_METRICS + ("val_diffusion_loss",)
 COMPARE_METRICS = ("diffusion_loss", "val_diffusion_loss", "loss", "layersync_loss", "layersync_similarity")
-LIVE = tuple(status for status in RUN_STATUSES if status not in FINISHED)
 
 
 def _num(value) -> str:
@@ -67,7 +67,7 @@ templates.env.filters.update(
     when=lambda value: _utc(value).strftime("%Y-%m-%d %H:%M UTC") if value else "",
     iso=lambda value: _utc(value).isoformat() if value else "",
 )
-templates.env.globals.update(known_statuses=RUN_STATUSES, live_statuses=LIVE, resumable_statuses=RESUMABLE)
+templates.env.globals.update(known_statuses=RUN_STATUSES, live_statuses=LIVE, statuses=RunStatus)
 
 router = APIRouter(include_in_schema=False)
 
@@ -182,9 +182,12 @@ def new_run_from(request: Request, session: SessionDep, run_id: int):
 
 # --- one run -----------------------------------------------------------------------------------------
 
-def _run_context(run) -> dict:
+def _run_context(session, run) -> dict:
+    queued = run.status == RunStatus.QUEUED
     return {
         **_item(run),
+        "queue_position": queue_positions(session).get(run.id) if queued else None,
+        "resume_label": resume_offer(run) if run.status in RESUMABLE else None,
         "run_metrics": RUN_METRICS,
         "chart_metrics": CHART_METRICS,
         "log_lines": log_tail(run.output_dir, LOG_LINES) if run.output_dir else [],
@@ -206,7 +209,7 @@ def _run_view(request: Request, session, run_id: int, template: str, **extra) ->
         run = get_run(session, run_id=run_id)
     except RunNotFound as exc:
         return _not_found(request, exc)
-    return _render(request, template, **_run_context(run), **extra)
+    return _render(request, template, **_run_context(session, run), **extra)
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)

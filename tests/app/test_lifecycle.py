@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from tests.utils.factories import fast_config
-from tests.utils.server import app_settings, wait_for
+from tests.utils.server import app_settings, stored_run, wait_for
 from tests.utils.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -63,7 +63,7 @@ def test_a_server_killed_mid_run_takes_the_run_back_and_the_queue_survives(serve
     assert [server.run(run["id"])["queue_position"] for run in (second, third)] == [1, 2]  # one slot: they wait
     server.kill()
     time.sleep(1)  # the worker trains on, unfollowed
-    assert os.path.exists(f"/proc/{running['pid']}") or not os.path.exists("/proc")
+    assert os.path.exists(f"/proc/{server.stored(running['id']).pid}") or not os.path.exists("/proc")
     server.start()
     assert server.run(first["id"])["status"] in ("running", "completed")  # adopted (or ended meanwhile), not failed
     assert [server.run(run["id"])["queue_position"] for run in (second, third)] == [1, 2]  # still queued, in order
@@ -79,7 +79,8 @@ def test_a_server_killed_mid_run_takes_the_run_back_and_the_queue_survives(serve
 def test_a_killed_worker_fails_its_run_the_queue_moves_on_and_resume_matches_an_unbroken_run(server, tiny_model_dir):
     broken = server.http.post("/api/runs", json=config(tiny_model_dir, 40)).json()
     unbroken = server.http.post("/api/runs", json=config(tiny_model_dir, 40)).json()  # same seed: the reference
-    pid = server.wait(broken["id"], lambda run: run["step"] >= 15)["pid"]  # past its checkpoint at 10
+    server.wait(broken["id"], lambda run: run["step"] >= 15)  # past its checkpoint at 10
+    pid = server.stored(broken["id"]).pid
     os.killpg(pid, signal.SIGKILL)
     killed_at = time.monotonic()
     failed = server.wait_ended(broken["id"], timeout=5)
@@ -116,7 +117,7 @@ def test_cancel_checkpoints_and_resume_continues_where_it_stopped(server, tiny_m
     server.http.post(f"/api/runs/{run['id']}/resume")
     done = server.wait_ended(run["id"])
     assert done["status"] == "completed" and done["step"] == 200
-    assert f"resumed from {done['output_dir']}/checkpoints/step_{stopped_at:07d}" in server.http.get(f"/api/runs/{run['id']}/log").text
+    assert f"resumed from {server.stored(run['id']).output_dir}/checkpoints/step_{stopped_at:07d}" in server.http.get(f"/api/runs/{run['id']}/log").text
     assert sorted(losses(server, run["id"])) == list(range(1, 201))
 
 
@@ -124,7 +125,8 @@ def test_a_queued_run_is_cancelled_at_once(server, tiny_model_dir):
     server.http.post("/api/runs", json=config(tiny_model_dir, 100))
     queued = server.http.post("/api/runs", json=config(tiny_model_dir, 5)).json()
     answer = server.http.post(f"/api/runs/{queued['id']}/cancel").json()
-    assert answer["status"] == "cancelled" and answer["pid"] is None and answer["queue_position"] is None
+    assert answer["status"] == "cancelled" and answer["queue_position"] is None
+    assert server.stored(queued["id"]).pid is None  # no worker was started for it
 
 
 # ---- the disk, and a crash inside the trainer: the server in-process, the worker real -------------
@@ -142,7 +144,8 @@ def test_a_run_folder_that_cannot_be_written_fails_the_run_with_that_reason(real
     with TestClient(create_app(real_slot)) as client:
         run = client.post("/api/runs", json=config(tiny_model_dir, 5)).json()
         failed = wait_for(client, run["id"], timeout=10)
-    assert failed["status"] == "failed" and f"the run folder {failed['output_dir']} cannot be written" in failed["error"]
+        folder = stored_run(client.app.state.engine, run["id"]).output_dir
+    assert failed["status"] == "failed" and f"the run folder {folder} cannot be written" in failed["error"]
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to fill a disk")

@@ -10,7 +10,7 @@ from app import scheduler
 from app.main import create_app
 from app.workers import pid_alive, slot_devices, write_config
 from tests.utils.factories import SEED_SNIPPET, fast_config
-from tests.utils.server import app_settings, wait_for
+from tests.utils.server import app_settings, stored_run, wait_for
 from tests.utils.waiting import wait_until
 
 
@@ -26,7 +26,8 @@ def test_a_queued_run_is_started_trained_and_completed_by_a_worker(one_slot):
         wait_for(client, first["id"], ("running",))
         assert client.get(second["url"]).json()["status"] == "queued"  # one slot: the oldest goes first
         done = wait_for(client, first["id"])
-        assert done["status"] == "completed" and done["step"] == 30 and done["finished_at"] and done["pid"]
+        assert done["status"] == "completed" and done["step"] == 30 and done["finished_at"]
+        assert stored_run(client.app.state.engine, first["id"]).pid  # its worker's, kept for the slot's exit wait
         assert wait_for(client, second["id"])["status"] == "completed"
         series = client.get(f"{first['url']}/metrics", params={"names": "loss,layersync_similarity"}).json()["series"]
     assert series["loss"]["steps"] == list(range(1, 31)) and series["layersync_similarity"]["values"][-1] == 0.53
@@ -47,13 +48,10 @@ def test_a_worker_that_dies_without_an_end_fails_the_run_with_its_last_output(on
     assert "event: end" in end and "boom" in end
 
 
-def wait_for_steps(client, run) -> dict:
-    """The run once its worker has reported a step (it is in its loop, its pid recorded)."""
-    def stepped() -> dict | None:
-        state = client.get(run["url"]).json()
-        return state if state["step"] else None
-
-    return wait_until(stepped, what=f"run {run['id']}'s worker to report a step")
+def wait_for_steps(client, run) -> int:
+    """The run's worker's pid, once it has reported a step (it is in its loop, its pid recorded)."""
+    wait_until(lambda: client.get(run["url"]).json()["step"], what=f"run {run['id']}'s worker to report a step")
+    return stored_run(client.app.state.engine, run["id"]).pid
 
 
 def last_step(events_file) -> int:
@@ -71,7 +69,7 @@ def test_cancel_stops_a_running_worker_which_ends_the_run_cancelled(one_slot, mo
     monkeypatch.setenv("FAKE_WORKER_MODE", "wait")
     with TestClient(create_app(one_slot)) as client:
         run = client.post("/api/runs", json={}).json()
-        pid = wait_for_steps(client, run)["pid"]
+        pid = wait_for_steps(client, run)
         answer = client.post(f"{run['url']}/cancel").json()
         assert answer["cancel_requested"] and answer["status"] == "running"
         assert wait_for(client, run["id"])["status"] == "cancelled"
@@ -83,7 +81,7 @@ def test_a_worker_that_ignores_the_cancel_is_killed_after_the_grace_period(tmp_p
     settings = app_settings(tmp_path / "data", worker_slots=1, gpus="3", cancel_grace_seconds=0.5)
     with TestClient(create_app(settings)) as client:
         run = client.post("/api/runs", json={}).json()
-        pid = wait_for_steps(client, run)["pid"]
+        pid = wait_for_steps(client, run)
         client.post(f"{run['url']}/cancel")
         again = client.post(f"{run['url']}/cancel")  # no second SIGTERM: it would cut the final checkpoint short
         assert again.status_code == 409 and "a cancel was already requested" in again.json()["detail"]
@@ -204,7 +202,7 @@ def test_a_restarted_server_takes_its_running_worker_back(one_slot, monkeypatch)
     monkeypatch.setenv("FAKE_WORKER_MODE", "wait")
     with TestClient(create_app(one_slot)) as client:
         run = client.post("/api/runs", json={}).json()
-        pid = wait_for_steps(client, run)["pid"]
+        pid = wait_for_steps(client, run)
         followed = client.get(run["url"]).json()["step"]
     assert pid_alive(pid)  # the worker outlives the server
     events = one_slot.runs_dir / str(run["id"]) / "events.jsonl"
@@ -242,9 +240,10 @@ def test_the_real_trainer_runs_a_layersync_run_end_to_end(tmp_path, tiny_model_d
         run = client.post("/api/runs", params={"name": "real"}, json=config).json()
         done = wait_for(client, run["id"])
         assert done["status"] == "completed", done["error"]
+        folder = stored_run(client.app.state.engine, run["id"]).output_dir
         series = client.get(f"{run['url']}/metrics").json()["series"]
         sample = client.get(done["sample_url"])
     assert series["layersync_loss"]["steps"] == [1, 2] and series["val_diffusion_loss"]["steps"] == [2]
     assert all(-0.2 - 1e-6 <= value < 0 for value in series["layersync_loss"]["values"])  # −λ·similarity
     assert sample.status_code == 200 and sample.content[:4] == b"\x89PNG"
-    assert done["output_dir"] == str(settings.runs_dir / str(run["id"])) and os.path.isdir(done["output_dir"])
+    assert folder == str(settings.runs_dir / str(run["id"])) and os.path.isdir(folder)

@@ -87,9 +87,44 @@ def test_live_events_arrive_in_order_with_heartbeats_and_the_stream_ends_at_end(
     assert not reader.is_alive(), "the stream did not close after end"
     events = [m for m in received if "event" in m]
     assert any(m.get("comment") == "heartbeat" for m in received)
-    assert [m["event"] for m in events] == ["status"] + ["metric"] * 20 + ["sample", "log", "end"]
+    # the stored status (replayed), the run's status now (no id: not a stored event), then live
+    assert [m["event"] for m in events] == ["status", "status"] + ["metric"] * 20 + ["sample", "log", "end"]
+    assert "id" not in events[1] and events[1]["data"]["current"] and events[1]["data"]["status"] == "running"
     assert [m["data"]["step"] for m in events if m["event"] == "metric"] == list(range(1, 21))
-    ids = [int(m["id"]) for m in events]
-    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    ids = [int(m["id"]) for m in events if "id" in m]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids) == len(events) - 1
     assert events[-2]["data"] == {**events[-2]["data"], "level": "error", "message": "ValueError: something"}
     assert events[-3]["data"]["url"].endswith("/files/samples/step_0000020.png")
+
+
+def test_a_queued_runs_stream_says_so_at_once_and_reconnecting_repeats_no_event(settings):
+    with live_server(settings) as base, httpx.Client(base_url=base, timeout=10) as http:
+        http.post("/api/runs", json={})
+        run = http.post("/api/runs", json={}).json()  # no worker slots: both wait, this one second
+        received, first_message = [], threading.Event()
+
+        def follow():
+            lines = []
+            with http.stream("GET", f"{run['url']}/events") as response:
+                for line in response.iter_lines():
+                    lines.append(line)
+                    received[:] = read_sse(lines)
+                    if received:
+                        first_message.set()
+
+        reader = threading.Thread(target=follow)
+        reader.start()
+        assert first_message.wait(timeout=60), "the stream of a queued run sent nothing"
+        now = received[0]
+        assert now["event"] == "status" and "id" not in now  # before any event was stored
+        assert now["data"]["status"] == "queued" and now["data"]["queue_position"] == 2 and now["data"]["current"]
+        assert "number 2 in the queue" in now["data"]["message"]
+        http.post(f"{run['url']}/cancel")  # its end event comes live, and closes the stream
+        reader.join(timeout=60)
+        assert not reader.is_alive(), "the stream did not close after end"
+        assert [m["event"] for m in received] == ["status", "end"]
+        end_id = received[1]["id"]
+        # EventSource reconnects with the last id it got (the end's): nothing left, nothing repeated
+        assert http.get(f"{run['url']}/events", headers={"Last-Event-ID": end_id}).status_code == 204
+        replay = read_sse(http.get(f"{run['url']}/events", params={"since": 0}).iter_lines())
+        assert [(m["event"], m.get("id")) for m in replay] == [("end", end_id)]  # ended in the replay: no status frame

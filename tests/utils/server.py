@@ -7,9 +7,12 @@ from pathlib import Path
 
 import uvicorn
 from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
+from app.lifecycle import FINISHED
 from app.main import create_app
-from app.models import FINISHED
+from app.models import Run
 from app.settings import Settings
 from tests.utils.waiting import PATIENCE_S, wait_until
 
@@ -33,6 +36,12 @@ def wait_for(client: TestClient, run_id: int, statuses=FINISHED, timeout: float 
         return last if last["status"] in statuses else None
 
     return wait_until(there, timeout, lambda: f"run {run_id} to be {' or '.join(statuses)}, still {last.get('status')}: {last}")
+
+
+def stored_run(engine: Engine, run_id: int) -> Run:
+    """The run's row as stored, with what the API does not answer (its worker's pid, its folder)."""
+    with Session(engine) as session:
+        return session.get(Run, run_id)
 
 
 @contextmanager

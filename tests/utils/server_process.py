@@ -11,8 +11,10 @@ from pathlib import Path
 
 import httpx
 
-from app.models import FINISHED
+from app.db import make_engine
+from app.lifecycle import FINISHED
 from app.workers import pid_alive
+from tests.utils.server import stored_run
 from tests.utils.waiting import PATIENCE_S, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +43,7 @@ class ServerProcess:
         self.process: subprocess.Popen | None = None
         self.worker_pids: set[int] = set()  # every worker seen, killed in close()
         self.http = httpx.Client(base_url=self.url, timeout=10)
+        self.engine = make_engine(f"sqlite:///{data_dir / 'layersync.db'}")  # what the API does not answer
 
     def start(self) -> None:
         log = open(self.data_dir.parent / "server.log", "ab")
@@ -62,9 +65,15 @@ class ServerProcess:
 
     def run(self, run_id: int) -> dict:
         run = self.http.get(f"/api/runs/{run_id}").json()
-        if run.get("pid"):
-            self.worker_pids.add(run["pid"])
+        self.stored(run_id)
         return run
+
+    def stored(self, run_id: int):
+        """The run's row as the server stored it (its worker's pid, its folder); notes the worker for close()."""
+        row = stored_run(self.engine, run_id)
+        if row is not None and row.pid:
+            self.worker_pids.add(row.pid)
+        return row
 
     def wait(self, run_id: int, until, timeout: float = PATIENCE_S) -> dict:
         """Poll until ``until(run)`` holds (or a status in FINISHED when ``until`` is a tuple of statuses)."""
@@ -88,3 +97,4 @@ class ServerProcess:
             if pid_alive(pid):
                 os.killpg(pid, signal.SIGKILL)
         self.http.close()
+        self.engine.dispose()
