@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 
 HERE = Path(__file__).resolve().parent
 FIRST_REVISION = "0001"  # the schema as it was before migrations: a database made then is stamped here
+FIRST_TABLES = {"run", "metric", "metricblock", "runevent"}
 
 # versions before migrations added these nullable columns to an existing database on start, so a
 # database made before they existed, and never started since, lacks them
@@ -40,9 +41,6 @@ def upgrade(engine: Engine) -> None:
             _adopt(connection, tables)
             command.stamp(config, FIRST_REVISION)
         command.upgrade(config, "head")
-
-
-FIRST_TABLES = {"run", "metric", "metricblock", "runevent"}
 
 
 def _adopt(connection: Connection, tables: set[str]) -> None:

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from tests.utils.server import app_settings
+from tests.utils.waiting import PATIENCE_S
 from trainer.config import ConfigError, validate_config
 from trainer.families import FAMILIES, supported_families
 
@@ -43,7 +44,7 @@ def test_the_api_answers_422_on_model_family_and_creates_no_run(tmp_path):
 def test_the_cli_exits_2_with_the_message(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "trainer", "--model_family", "stable_cascade", "--output-dir", str(tmp_path / "out")],
-        capture_output=True, text=True, cwd=ROOT, timeout=120, check=False,
+        capture_output=True, text=True, cwd=ROOT, timeout=PATIENCE_S, check=False,
     )
     assert result.returncode == 2, result.stderr
     assert "model_family: Stable Cascade cannot be trained with LayerSync" in result.stderr
