@@ -10,11 +10,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 
 schemathesis = pytest.importorskip("schemathesis", reason="the fuzzer needs schemathesis: pip install -e '.[test]'")
 from schemathesis.checks import not_a_server_error, response_schema_conformance, status_code_conformance
+from schemathesis.python import asgi
 from sqlmodel import Session
 
 from app.main import create_app
@@ -46,13 +46,15 @@ def reads_name_the_real_run(context, case):
 
 @pytest.fixture(scope="module", autouse=True)
 def running_app():
-    """The app's lifespan (its database and the state routes use) for the whole module."""
-    with TestClient(APP) as client:
+    """The app's lifespan (its database and the state routes use) for the whole module: schemathesis'
+    own, which its calls share (a second one would be a second server on the data dir, and refused)."""
+    with asgi.get_client(APP) as client:
         assert client.post("/api/runs", json={}).json()["id"] == 1  # the run reads_name_the_real_run names
-        with Session(client.app.state.engine) as session:
-            record_points(session, run_id=1, points=[(5, "loss", 1.0), (TOP_STEP - 1, "loss", 2.0), (TOP_STEP, "loss", 0.5)])
-            session.commit()
-        yield
+    with Session(APP.state.engine) as session:
+        record_points(session, run_id=1, points=[(5, "loss", 1.0), (TOP_STEP - 1, "loss", 2.0), (TOP_STEP, "loss", 0.5)])
+        session.commit()
+    yield
+    asgi.shutdown_lifespans()
     shutil.rmtree(DATA_DIR, ignore_errors=True)
 
 
