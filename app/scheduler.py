@@ -2,10 +2,10 @@
 that ended without saying so.
 
 It is also how a restarted server takes its runs back: a run still ``running`` keeps its slot
-while its worker lives or a process holds its folder's lock (trainer.runlock), and the follower
-goes on reading its events; once the worker is gone without an ``end`` event and the lock is free,
-the run is ``failed`` with how it ended (its exit code or the signal that killed it) and its last
-output as the reason (``cancelled`` when a cancel had been asked for).
+while its worker lives or a process holds its folder's lock (trainer.runlock; that process becomes
+its worker), and the follower goes on reading its events; once the worker is gone without an ``end``
+event and the lock is free, the run is ``failed`` with how it ended (its exit code or the signal that
+killed it) and its last output as the reason (``cancelled`` when a cancel had been asked for).
 A worker that a cancel's SIGTERM has not ended within the cancel grace (Settings.cancel_grace_seconds,
 restarted by each event it writes meanwhile, CANCEL_GRACE_LIMIT of them at most) is killed, group and all.
 A slot is free again once its run has ended and its worker has exited (EXIT_WAIT_SECONDS at most):
@@ -31,8 +31,8 @@ from app.lifecycle import FINISHED, RunChanged, RunStatus, transition
 from app.models import Run, utcnow
 from app.runs import QUEUE_ORDER, log_tail
 from app.settings import Settings
-from app.workers import WORKER_LOG, Workers, slot_devices, stop_worker, write_config
-from trainer.runlock import is_locked
+from app.workers import WORKER_LOG, Workers, slot_devices, start_time, stop_worker, write_config
+from trainer.runlock import RUN_LOCK, holder_pid, is_locked
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,26 @@ class Scheduler:
             if output_dir and is_locked(output_dir):
                 # a worker we do not know (started by hand, or by a server before its pid was saved)
                 # trains in the run's folder: the run lives on and the follower goes on reading it
+                self._adopt_lock_holder(run_id, output_dir)
                 continue
             follow_run(self.engine, run_id)  # what it wrote before it exited comes first
             settled |= self._end_without_end_event(run_id, self.workers.exit_code(pid) if pid is not None else None)
             self._cancel_seen.pop(run_id, None)
             self._killed.discard(run_id)
         return settled
+
+    def _adopt_lock_holder(self, run_id: int, output_dir: str) -> None:
+        """Record the process that holds the run folder's lock (its pid is in the lock file) as the run's
+        worker, so that a cancel reaches it and its end is noticed like any worker's."""
+        holder = holder_pid(Path(output_dir) / RUN_LOCK)
+        started = start_time(holder) if holder else None
+        if started is None:  # no pid written yet, or the holder is gone: look again next tick
+            return
+        with Session(self.engine) as session:
+            session.exec(update(Run).where(Run.id == run_id).values(pid=holder, pid_started=started))
+            session.commit()
+        log.warning("run %s: its worker was not known to this server; pid %s holds its folder and is followed as "
+                    "its worker", run_id, holder)
 
     def _enforce_cancel(self, run_id: int, pid: int, started: int | None) -> None:
         """SIGKILL the worker's process group once a cancel has waited the grace since the cancel or

@@ -7,6 +7,7 @@ takes it for dead while a process holds its folder's lock.
 """
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -83,8 +84,9 @@ def hold_lock():
     holders = []
 
     def hold(folder: Path) -> subprocess.Popen:
+        # a session of its own, as a worker has: a cancel signals its process group
         holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], cwd=ROOT, stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE)
+                                  stdout=subprocess.PIPE, start_new_session=True)
         holders.append(holder)
         assert holder.stdout.readline() == b"locked\n"
         return holder
@@ -127,10 +129,26 @@ def test_a_run_whose_worker_is_unknown_lives_while_its_folder_is_locked(engine, 
     with Session(engine) as session:
         run = session.get(Run, running_run.id)
         assert (run.status, run.step, run.error) == ("running", 5, None)
+        assert run.pid == holder.pid  # the lock's holder is now its worker, as far as this server goes
     let_go(holder)
     chief.tick()  # no worker and no lock: now it is over
     with Session(engine) as session:
         assert session.get(Run, running_run.id).status == "failed"
+
+
+def test_a_cancel_reaches_the_worker_that_holds_the_folder(engine, running_run, tmp_path, hold_lock):
+    from app.runs import cancel_run
+
+    holder = hold_lock(running_run.output_dir)  # the run's pid was never saved
+    chief = scheduler.Scheduler(engine, app_settings(tmp_path / "data"))
+    chief.tick()
+    with Session(engine) as session:
+        assert session.get(Run, running_run.id).pid == holder.pid  # what the cancel signals
+        assert cancel_run(session, run_id=running_run.id).cancel_requested
+    assert holder.wait(timeout=WAIT_SECONDS) == -signal.SIGTERM  # the SIGTERM reached it
+    chief.tick()
+    with Session(engine) as session:
+        assert session.get(Run, running_run.id).status == "cancelled"
 
 
 def test_a_run_taken_for_dead_is_not_resumed_nor_deleted_while_its_worker_holds_the_folder(client, settings, hold_lock):
