@@ -296,14 +296,6 @@ def pipeline_data(spec: PipelineSpec, media: str = "image"):
     return load_data
 
 
-_SAMPLERS: dict[int, object] = {}
-
-
-def release_samplers() -> None:
-    """Drop the validation pipelines (and the model and VAE they hold) once a run ends."""
-    _SAMPLERS.clear()
-
-
 def _decode_in_fp32(decode):
     """The VAE decodes in fp32 whatever the run's autocast: fp16 VAE decodes (SDXL's above all) overflow to NaN."""
 
@@ -322,24 +314,25 @@ def _decode_in_fp32(decode):
 
 def pipeline_sampler(spec: PipelineSpec):
     """A family's ``sample``: the family's own pipeline around the model being trained, text encoders
-    left out (the prompts were encoded with the data), a fixed seed."""
+    left out (the prompts were encoded with the data), a fixed seed. The pipeline is built at the
+    run's first sample and kept in the run's ``samplers`` (trainer.sampling.Samplers) for the next."""
 
-    def sample(config: TrainConfig, model, data: LatentDataset, device: torch.device, path: Path) -> Path | None:
+    def build(config: TrainConfig, model, device: torch.device):
+        dropped = {name: None for name in spec.text_components}
+        # fp32 components; the loop's autocast decides the compute precision
+        pipe = load_pipeline(spec, config, device, torch.float32, **{spec.model_component: model}, **dropped)
+        pipe.set_progress_bar_config(disable=True)
+        if getattr(pipe, "vae", None) is not None:
+            pipe.vae.decode = _decode_in_fp32(pipe.vae.decode)
+        return pipe
+
+    def sample(config: TrainConfig, model, data: LatentDataset, device: torch.device, path: Path, samplers) -> Path | None:
         from trainer.sampling import save_media
 
         model_dir = Path(config.pretrained_model_name_or_path).expanduser()
         if spec.generate is None or not (model_dir / "model_index.json").is_file() or not data.prompt_cond:
             return None
-        pipe = _SAMPLERS.get(id(model))
-        if pipe is None:
-            dropped = {name: None for name in spec.text_components}
-            # fp32 components; the loop's autocast decides the compute precision
-            pipe = load_pipeline(spec, config, device, torch.float32, **{spec.model_component: model}, **dropped)
-            pipe.set_progress_bar_config(disable=True)
-            if getattr(pipe, "vae", None) is not None:
-                pipe.vae.decode = _decode_in_fp32(pipe.vae.decode)
-            _SAMPLERS.clear()
-            _SAMPLERS[id(model)] = pipe
+        pipe = samplers.get((spec.pipeline_class, model), lambda: build(config, model, device))
         generator = torch.Generator(device=device).manual_seed(config.seed)
         with torch.no_grad():
             output = spec.generate(pipe, data.prompt_cond, data.null_cond, config, generator)

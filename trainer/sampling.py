@@ -9,6 +9,29 @@ from PIL import Image
 VALIDATION_SEED = 0  # fixed across runs, so runs that differ only in their config compare
 
 
+class Samplers:
+    """What one run makes its validation samples with (a family's pipeline around the model being
+    trained, a VAE), built at the first sample and kept for the next ones. The run owns it and
+    releases it when it ends, so the pipeline and the model and VAE it holds are freed with the run.
+
+    Keys hold their objects (the model itself, not its ``id``), so a key never matches a different
+    model that happens to sit at a freed one's address."""
+
+    def __init__(self):
+        self._held: dict[object, object] = {}
+
+    def get(self, key, build):
+        """The object kept under ``key``, built by ``build()`` the first time; one is kept at a time
+        (a second pipeline would hold a second VAE in device memory)."""
+        if key not in self._held:
+            self._held.clear()
+            self._held[key] = build()
+        return self._held[key]
+
+    def release(self) -> None:
+        self._held.clear()
+
+
 def image_grid(images: torch.Tensor, columns: int, min_size: int = 64) -> Image.Image:
     """(N, C, H, W) in [-1, 1] → one grid image, upscaled (nearest) so small samples stay visible."""
     n, c, h, w = images.shape

@@ -1,7 +1,8 @@
-"""The training loop: flow matching with LayerSync, in one function that reads top to bottom."""
+"""The training loop, in one function that reads top to bottom: set up (trainer/setup.py), then per
+step a batch noised by the family's objective (flow matching or DDPM, trainer/objectives.py), the
+diffusion loss plus the LayerSync term, the optimizer step, and the logs, samples and checkpoints."""
 
 import math
-import os
 import signal
 import time
 import traceback
@@ -11,18 +12,27 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from trainer.capture import HiddenStateCapture
-from trainer.checkpoint import checkpoint_dirs, find_checkpoint, load_checkpoint, save_checkpoint
+from trainer.checkpoint import save_checkpoint
 from trainer.config import ConfigError, TrainConfig, config_to_json
 from trainer.ema import EMA
-from trainer.encode import release_samplers
 from trainer.events import EventWriter
-from trainer.layersync import LayerSync
 from trainer.models import implementation
 from trainer.objectives import objective_for
-from trainer.sampling import fixed_noise_loss
+from trainer.sampling import Samplers, fixed_noise_loss
+from trainer.setup import (
+    checkpoint_to_resume,
+    make_optimizer,
+    pick_device,
+    refuse_multi_process,
+    resume,
+    set_up_layersync,
+    set_up_model,
+    set_up_precision,
+)
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_CONFIG, EXIT_CANCELLED = 0, 1, 2, 130
+# the means of a metric event (with "layersync_similarity/S-T" per pair when there are several)
+STEP_METRICS = ("loss", "diffusion_loss", "layersync_loss", "layersync_similarity", "grad_norm")
 
 
 class StopRequest:
@@ -59,65 +69,44 @@ def step_seed(seed: int, step: int) -> int:
 
 
 def lr_at(config: TrainConfig, step: int) -> float:
-    """Learning rate of a step (1-based): linear warmup, then the schedule."""
+    """Learning rate of a step (1-based): a linear warmup over ``lr_warmup_steps`` (none when 0, whatever
+    the schedule), then the schedule. Linear and cosine decay from the peak at the first step after the
+    warmup towards 0, which the step after the last would reach: no step trains at a learning rate of 0."""
     warmup = config.lr_warmup_steps
-    if config.lr_scheduler == "constant_with_warmup" and warmup == 0:
-        warmup = max(1, config.max_train_steps // 20)
     if step <= warmup:
         return config.learning_rate * step / warmup
     if config.lr_scheduler in ("constant", "constant_with_warmup"):
         return config.learning_rate
-    progress = (step - warmup) / max(1, config.max_train_steps - warmup)
+    progress = (step - 1 - warmup) / (config.max_train_steps - warmup)
     if config.lr_scheduler == "linear":
         return config.learning_rate * (1 - progress)
     return config.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))  # cosine
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+class RunningMeans:
+    """The means of each step's metrics since the last log, by name. The sums stay on the device, so a
+    step adds without waiting for the GPU; ``read`` brings them to the host once per log and resets."""
 
+    def __init__(self):
+        self._names: list[str] = []
+        self._sums: torch.Tensor | None = None
+        self.steps = 0
 
-def check_hidden_states(impl, objective, model, data, capture, layersync, device, autocast) -> None:
-    """One forward on two examples before step 1, so a shape LayerSync cannot use stops the run early."""
-    latents, cond = next(data.eval_batches(2))
-    t = objective.eval_timesteps(len(latents), device)
-    with torch.no_grad(), autocast, capture.capture() as states:
-        impl.predict(model, latents, t, cond)
-    try:
-        missing = sorted(layersync.blocks - set(states))
-        if missing:
-            raise ValueError(f"blocks {missing} (counted from 0) did not run in the forward pass")
-        layersync(states)
-    except ValueError as exc:
-        raise ConfigError([("layersync_student_block", f"LayerSync cannot use this model's hidden states: {exc}")]) from None
-    finally:
-        capture.release()
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        """One step's values (0-dim tensors); every step of a run gives the same names."""
+        stacked = torch.stack([value.detach() for value in values.values()])
+        if self._sums is None:
+            self._names, self._sums = list(values), torch.zeros_like(stacked)
+        elif list(values) != self._names:
+            raise ValueError(f"metrics {list(values)} differ from the earlier steps' {self._names}")
+        self._sums += stacked
+        self.steps += 1
 
-
-def add_lora(config: TrainConfig, impl, model, base_dtype) -> int:
-    """Freeze the model, store the frozen weights in ``base_dtype`` and wrap the family's attention
-    projections with trainable fp32 LoRA layers (peft). Returns the number of trainable parameters."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    model.requires_grad_(False)
-    if base_dtype is not None:
-        keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())  # e.g. Wan's time embedder and norms
-        for name, param in model.named_parameters():
-            if not any(part in keep for part in name.split(".")):
-                param.data = param.data.to(base_dtype)
-    torch.manual_seed(config.seed)  # the adapter's initial weights belong to the seed too
-    lora = LoraConfig(
-        r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank,
-        target_modules=list(impl.lora_target_modules), init_lora_weights=True,
-    )
-    try:
-        inject_adapter_in_model(lora, model)
-    except ValueError as exc:
-        raise ConfigError([("model_type", f"cannot add LoRA layers to this model ({exc}); use model_type full")]) from None
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    for p in trainable:
-        p.data = p.data.float()
-    return sum(p.numel() for p in trainable)
+    def read(self) -> dict[str, float]:
+        means = dict(zip(self._names, (self._sums / self.steps).tolist()))  # the one host sync of the interval
+        self._sums.zero_()
+        self.steps = 0
+        return means
 
 
 def train(config: TrainConfig, output_dir: str | Path, progress: bool = False, echo=None) -> int:
@@ -125,9 +114,10 @@ def train(config: TrainConfig, output_dir: str | Path, progress: bool = False, e
     130 cancelled). Every outcome is also an ``end`` event in ``output_dir/events.jsonl``."""
     output_dir = Path(output_dir)
     events = EventWriter(output_dir, echo=echo)
+    samplers = Samplers()
     try:
         with StopRequest() as stop:
-            status, step = _train(config, output_dir, events, stop, progress)
+            status, step = _train(config, output_dir, events, stop, samplers, progress)
         events.emit("end", status=status, step=step)
         return EXIT_CANCELLED if status == "cancelled" else EXIT_COMPLETED
     except KeyboardInterrupt:
@@ -146,93 +136,35 @@ def train(config: TrainConfig, output_dir: str | Path, progress: bool = False, e
         events.emit("end", status="failed", reason=message)
         return EXIT_FAILED
     finally:
-        release_samplers()
+        samplers.release()  # the validation pipelines, and the model and VAE they hold, end with the run
         events.close()
 
 
-def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: StopRequest, progress: bool):
+def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: StopRequest, samplers: Samplers,
+           progress: bool):
     # ---- set up -----------------------------------------------------------------------------
     events.emit("status", status="starting")
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1:  # every rank would train its own copy and write the same events and checkpoints
-        raise ConfigError([("", (
-            f"launched as {world_size} processes (WORLD_SIZE={world_size}), but this trainer runs one process per "
-            "run: start it without torchrun / accelerate launch (one GPU per run; the server gives each run its own)"
-        ))])
+    refuse_multi_process()
     for notice in config.notices():
         events.log(notice, level="warning")
     device = pick_device()
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
-    if device.type == "cpu" and autocast_dtype is not None:
-        events.log(f"mixed_precision {config.mixed_precision} is for GPUs: training in fp32 on the CPU", "warning")
-        autocast_dtype = None
-    if autocast_dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        events.log("mixed_precision bf16: this GPU has no bf16, training in fp16 with loss scaling instead", "warning")
-        autocast_dtype = torch.float16
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        # cuDNN's fused attention failed in bf16 Flux training on an H100 (torch 2.11: "mha_graph.execute(...)
-        # is_good() ... false"); the flash and memory-efficient kernels train the same models without it
-        torch.backends.cuda.enable_cudnn_sdp(False)
-    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
-    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
-
-    resume_from = None
-    if config.resume_from_checkpoint:
-        resume_from = find_checkpoint(output_dir, config.resume_from_checkpoint)
-        if resume_from is None:
-            events.log("resume_from_checkpoint is 'latest' but there is no checkpoint yet: starting at step 0")
-    elif checkpoint_dirs(output_dir):
-        raise ConfigError([(
-            "output_dir",
-            f"{output_dir} already holds a run (checkpoints up to {checkpoint_dirs(output_dir)[-1].name}): "
-            "set resume_from_checkpoint to 'latest' to continue it, or choose another output_dir",
-        )])
+    precision = set_up_precision(config, device, events.log)
+    autocast, scaler = precision.autocast, precision.scaler
+    resume_from = checkpoint_to_resume(config, output_dir, events.log)
 
     impl = implementation(config.model_family)
     data = impl.load_data(config, device, events.log).to(device)
     how = "held-out" if data.held_out else "training (nothing held out of your data; fixed noise and timesteps)"
     events.log(f"data: {len(data)} training examples; val_diffusion_loss on {len(data.val_latents)} {how} examples")
-    model = impl.load_model(config)
-    if config.model_type == "lora":
-        # frozen weights in half precision before they reach the GPU: a 20B model does not fit there in fp32
-        base_dtype = autocast_dtype if device.type == "cuda" else None
-        n_trainable = add_lora(config, impl, model, base_dtype)
-        events.log(f"LoRA rank {config.lora_rank}: {n_trainable / 1e6:.3f}M trainable parameters on {', '.join(impl.lora_target_modules)}")
-    model = model.to(device)
-    model.train()
-    if config.gradient_checkpointing:
-        if not getattr(model, "_supports_gradient_checkpointing", False):
-            raise ConfigError([("gradient_checkpointing", f"{type(model).__name__} does not support gradient checkpointing: turn it off")])
-        model.enable_gradient_checkpointing()
+    model = set_up_model(config, impl, device, precision, events.log)
     objective = objective_for(impl, config, device)
     blocks = impl.blocks(model)
-    layersync = LayerSync.from_config(config, depth=len(blocks))
-    capture = HiddenStateCapture(blocks, layersync.blocks) if layersync else None
-    if layersync:
-        check_hidden_states(impl, objective, model, data, capture, layersync, device, autocast)
-        events.log(layersync.describe())
-        if device.type == "cuda":
-            why_not = layersync.compile(device)
-            if why_not:
-                events.log(f"LayerSync similarity not compiled, running eager: {why_not}", level="warning")
-    else:
-        events.log("LayerSync off: training with the diffusion loss alone")
+    layersync, capture = set_up_layersync(config, impl, objective, model, blocks, data, device, precision, events.log)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params,
-        lr=config.learning_rate,
-        betas=(config.adam_beta1, config.adam_beta2),
-        weight_decay=config.adam_weight_decay,
-        eps=config.adam_epsilon,
-        fused=device.type == "cuda",
-    )
+    optimizer = make_optimizer(config, params, device)
     ema = EMA(model, config.ema_decay) if config.use_ema else None
-    start_step = load_checkpoint(resume_from, model, optimizer, ema, scaler) if resume_from else 0
-    if resume_from:
-        events.log(f"resumed from {resume_from} at step {start_step}")
+    start_step = resume(resume_from, model, optimizer, ema, scaler, events.log)
     run_config = config_to_json(config)
     n_params = sum(p.numel() for p in model.parameters())
     events.log(f"{config.model_family} model: {len(blocks)} blocks, {n_params / 1e6:.2f}M parameters, on {device}")
@@ -243,10 +175,8 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
         from tqdm import tqdm
 
         bar = tqdm(total=config.max_train_steps, initial=start_step, unit="step", dynamic_ncols=True, disable=None)
-    # running sums on the device (no sync per step): loss, diffusion, layersync, similarity, grad norm
-    sums = torch.zeros(5, device=device)
-    pair_sums = torch.zeros(len(layersync.pairs) if layersync else 0, device=device)
-    interval_steps, interval_start, interval_paused = 0, time.perf_counter(), 0.0
+    means = RunningMeans()
+    interval_start, interval_paused = time.perf_counter(), 0.0
     step = start_step
     last_checkpoint = start_step if resume_from else None
 
@@ -255,6 +185,8 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
     zero = torch.zeros((), device=device)
     while step < config.max_train_steps and not stop.requested:
         step += 1
+
+        # batch: its examples, caption dropout, noise and timesteps all follow from (seed, step)
         generator.manual_seed(step_seed(config.seed, step))
         latents, cond = data.batch(config.train_batch_size, generator)
         drop = torch.rand(len(latents), generator=generator, device=device) < config.caption_dropout_probability
@@ -275,17 +207,14 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
             capture.release()
             loss = diffusion_loss + layersync_loss
         else:
-            layersync_loss = similarity = zero
+            layersync_loss = zero
             loss = diffusion_loss
 
         # backward
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-        if config.max_grad_norm > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        else:
-            grad_norm = zero
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm) if config.max_grad_norm > 0 else None
 
         # step
         lr = lr_at(config, step)
@@ -296,44 +225,38 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
         if ema is not None:
             ema.update(model)
 
-        # log: .item() only here, averages over the interval, reset after each log
-        sums += torch.stack([loss.detach(), diffusion_loss.detach(), layersync_loss.detach(), similarity.detach(), grad_norm.detach()])
-        if layersync and len(pair_sims) > 1:
-            pair_sums += torch.stack([s.detach() for s in pair_sims])
-        interval_steps += 1
+        # log: running means by name on the device, read back only here and reset after each log
+        values = {"loss": loss, "diffusion_loss": diffusion_loss, "layersync_loss": layersync_loss}
+        if layersync:
+            values["layersync_similarity"] = similarity
+            if len(pair_sims) > 1:
+                for (student, teacher), pair_similarity in zip(layersync.user_pairs, pair_sims):
+                    values[f"layersync_similarity/{student}-{teacher}"] = pair_similarity
+        if grad_norm is not None:
+            values["grad_norm"] = grad_norm
+        means.add(values)
         if bar is not None:
             bar.update(1)
         if step % config.logging_steps == 0 or step == config.max_train_steps or stop.requested:
-            values = (sums / interval_steps).tolist()
-            metric = {
-                "step": step,
-                "loss": values[0],
-                "diffusion_loss": values[1],
-                "layersync_loss": values[2],
-                "layersync_similarity": values[3] if layersync else None,
-                "grad_norm": values[4] if config.max_grad_norm > 0 else None,
-                "lr": lr,
-                "step_time": (time.perf_counter() - interval_start - interval_paused) / interval_steps,
-            }
-            if layersync and len(layersync.pairs) > 1:
-                for (s, t_pair), value in zip(layersync.user_pairs, (pair_sums / interval_steps).tolist()):
-                    metric[f"layersync_similarity/{s}-{t_pair}"] = value
+            step_time = (time.perf_counter() - interval_start - interval_paused) / means.steps
+            mean = means.read()
+            # every key in every metric event: layersync_similarity / grad_norm are None with LayerSync / clipping off
+            metric = {"step": step, **dict.fromkeys(STEP_METRICS), **mean, "lr": lr, "step_time": step_time}
             events.emit("metric", **metric)
-            if not math.isfinite(values[0]):
+            if not math.isfinite(mean["loss"]):
                 raise FloatingPointError(
-                    f"the loss became {values[0]} by step {step}: lower learning_rate or layersync_lambda, "
+                    f"the loss became {mean['loss']} by step {step}: lower learning_rate or layersync_lambda, "
                     "or raise max_grad_norm's clipping (a smaller value)"
                 )
             if bar is not None:
-                bar.set_postfix(loss=f"{values[1]:.4f}", sim=f"{values[3]:.3f}" if layersync else "-")
-            sums.zero_()
-            pair_sums.zero_()
-            interval_steps, interval_start, interval_paused = 0, time.perf_counter(), 0.0
+                similarity_text = f"{mean['layersync_similarity']:.3f}" if layersync else "-"
+                bar.set_postfix(loss=f"{mean['diffusion_loss']:.4f}", sim=similarity_text)
+            interval_start, interval_paused = time.perf_counter(), 0.0
 
         # sample and held-out loss (their time is kept out of step_time)
         paused_at = time.perf_counter()
         if config.validation_steps and (step % config.validation_steps == 0 or step == config.max_train_steps):
-            validate(config, impl, objective, model, ema, data, output_dir, events, step, device, autocast)
+            validate(config, impl, objective, model, ema, data, output_dir, events, step, device, autocast, samplers)
 
         # checkpoint (a cancel also checkpoints, so nothing trained is lost)
         if (config.checkpointing_steps and step % config.checkpointing_steps == 0) or step == config.max_train_steps or stop.requested:
@@ -355,14 +278,14 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
     return "completed", step
 
 
-def validate(config, impl, objective, model, ema, data, output_dir, events, step, device, autocast) -> None:
+def validate(config, impl, objective, model, ema, data, output_dir, events, step, device, autocast, samplers) -> None:
     """The fixed-noise validation loss and the family's samples (fixed prompts and seed), with EMA weights if kept."""
     model.eval()
     path = None
     with ema.applied(model) if ema is not None else nullcontext(), autocast:
         val_loss = fixed_noise_loss(impl, objective, model, data, batch_size=config.train_batch_size)
         if impl.sample is not None:
-            path = impl.sample(config, model, data, device, output_dir / "samples" / f"step_{step:07d}")
+            path = impl.sample(config, model, data, device, output_dir / "samples" / f"step_{step:07d}", samplers)
     model.train()
     events.emit("metric", step=step, val_diffusion_loss=val_loss)
     if path is not None:

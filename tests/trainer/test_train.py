@@ -16,8 +16,7 @@ from trainer.capture import Block
 from trainer.config import validate_config
 from trainer.events import read_events
 from trainer.families import FAMILIES, Family
-from trainer.models import FamilyImplementation
-from trainer.models import demo
+from trainer.models import FamilyImplementation, demo
 from trainer.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,7 +97,7 @@ def test_resume_reads_a_checkpoint_whose_weights_are_sharded(tmp_path, tiny_mode
     from trainer.models.demo_dit import DemoDiT
 
     _, whole, _ = run(tmp_path, tiny_model_dir, "whole", validation_steps=0)
-    code, _, out = run(tmp_path, tiny_model_dir, "parts", max_train_steps=6, validation_steps=0)
+    _, _, out = run(tmp_path, tiny_model_dir, "parts", max_train_steps=6, validation_steps=0)
     weights = out / "checkpoints" / "step_0000006" / "transformer"
     model = DemoDiT.from_pretrained(weights)
     for file in weights.glob("diffusion_pytorch_model*"):
@@ -112,7 +111,7 @@ def test_resume_reads_a_checkpoint_whose_weights_are_sharded(tmp_path, tiny_mode
 
 def test_an_existing_run_is_never_overwritten(tmp_path, tiny_model_dir):
     run(tmp_path, tiny_model_dir, "once", max_train_steps=2, validation_steps=0)
-    code, events, out = run(tmp_path, tiny_model_dir, "once", max_train_steps=2, validation_steps=0)
+    code, events, _ = run(tmp_path, tiny_model_dir, "once", max_train_steps=2, validation_steps=0)
     assert code == 2
     assert events[-2]["event"] == "error" and "set resume_from_checkpoint to 'latest'" in events[-2]["message"]
 
@@ -131,9 +130,10 @@ def test_a_hidden_state_shape_layersync_cannot_use_stops_before_step_one(tmp_pat
         predict=demo.predict,
     )
     monkeypatch.setitem(FAMILIES, "pooled", Family(
-        "pooled", "pooled", "", "test:x", ("num_layers",), builtin_config=FAMILIES["demo"].builtin_config, resolution_multiple=2))
+        "pooled", "pooled", "", "test:x", ("num_layers",), builtin_config=FAMILIES["demo"].builtin_config, resolution_multiple=2,
+        default_resolution=FAMILIES["demo"].default_resolution))
     monkeypatch.setattr("trainer.train.implementation", lambda name: pooled)
-    code, events, out = run(tmp_path, tiny_model_dir, model_family="pooled")
+    code, events, _ = run(tmp_path, tiny_model_dir, model_family="pooled")
     assert code == 2
     error = next(e for e in events if e["event"] == "error")
     assert "LayerSync cannot use this model's hidden states" in error["message"] and "(2, 32)" in error["message"]
@@ -209,3 +209,49 @@ def test_the_fp16_loss_scale_is_checkpointed_and_restored(tmp_path):
     fresh = torch.amp.GradScaler("cpu", init_scale=1024.0)
     assert load_checkpoint(path, model, optimizer, scaler=fresh) == 3
     assert fresh.get_scale() == 77.0
+
+
+@pytest.mark.parametrize("overrides, absent", [
+    ({"layersync_pairs": [[4, 12]], "max_grad_norm": 0.0}, {"grad_norm"}),
+    ({"layersync_enabled": False}, {"layersync_similarity"}),
+])
+def test_every_metric_event_has_every_key_and_none_for_what_is_off(tmp_path, tiny_model_dir, overrides, absent):
+    _, events, _ = run(tmp_path, tiny_model_dir, max_train_steps=4, validation_steps=0, checkpointing_steps=0, **overrides)
+    metrics = [e for e in events if e["event"] == "metric"]
+    pairs = {"layersync_similarity/8-16", "layersync_similarity/4-12"} if "layersync_pairs" in overrides else set()
+    assert len(metrics) == 2
+    for m in metrics:
+        assert m.keys() == METRIC_KEYS | {"event", "time", "grad_norm"} | pairs
+        assert all(m[key] is None for key in absent) and all(m[key] is not None for key in m.keys() - absent)
+    if pairs:
+        assert metrics[0]["layersync_similarity"] == pytest.approx(
+            (metrics[0]["layersync_similarity/8-16"] + metrics[0]["layersync_similarity/4-12"]) / 2)
+    else:
+        assert all(m["layersync_loss"] == 0 and m["loss"] == m["diffusion_loss"] for m in metrics)
+
+
+@pytest.mark.parametrize("outcome", ["completed", "failed"])
+def test_what_validation_samples_with_is_built_once_and_released_when_the_run_ends(tmp_path, tiny_model_dir, monkeypatch, outcome):
+    import gc
+    import weakref
+
+    class Pipeline:
+        pass
+
+    built = []
+
+    def sample(config, model, data, device, path, samplers):
+        pipe = samplers.get("pipeline", Pipeline)
+        if not built or built[-1]() is not pipe:
+            built.append(weakref.ref(pipe))
+        if outcome == "failed":
+            raise RuntimeError("the sampler ran out of memory")
+        return demo.sample(config, model, data, device, path, samplers)
+
+    monkeypatch.setattr("trainer.train.implementation", lambda name: FamilyImplementation(
+        demo.load_model, demo.blocks, demo.predict, demo.load_data, sample=sample))
+    code, events, _ = run(tmp_path, tiny_model_dir, checkpointing_steps=0)
+    assert (code, events[-1]["status"]) == ((0, "completed") if outcome == "completed" else (1, "failed"))
+    assert len([e for e in events if e["event"] == "sample"]) == (2 if outcome == "completed" else 0)
+    gc.collect()
+    assert len(built) == 1 and built[0]() is None

@@ -18,6 +18,7 @@ from trainer.capture import Block
 from trainer.config import TrainConfig
 from trainer.data import LatentDataset
 from trainer.families import find_family
+from trainer.sampling import Samplers
 
 Log = Callable[..., None]  # log(message, level="info")
 
@@ -38,8 +39,9 @@ class FamilyImplementation:
     objective: str = "flow"
     # (config) → the DDPM scheduler config (num_train_timesteps, beta schedule, prediction_type) for "ddpm"
     ddpm_scheduler_config: Callable[[TrainConfig], dict] | None = None
-    # (config, model, data, device, path without suffix) → the written sample file, or None with no sampler
-    sample: Callable[[TrainConfig, nn.Module, LatentDataset, torch.device, Path], Path | None] | None = None
+    # (config, model, data, device, path without suffix, the run's trainer.sampling.Samplers, where a sampler
+    # keeps what it builds once per run) → the written sample file, or None with no sampler
+    sample: Callable[[TrainConfig, nn.Module, LatentDataset, torch.device, Path, Samplers], Path | None] | None = None
     # modules a LoRA adapter wraps (peft target_modules)
     lora_target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 

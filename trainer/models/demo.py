@@ -59,7 +59,7 @@ def euler_sample(model, data: LatentDataset, steps: int, guidance: float, seed: 
     return x.clamp(-1, 1)
 
 
-def sample(config: TrainConfig, model, data: LatentDataset, device, path: Path) -> Path:
+def sample(config: TrainConfig, model, data: LatentDataset, device, path: Path, samplers) -> Path:
     from trainer.sampling import save_media
 
     images = euler_sample(model, data, config.validation_num_inference_steps, config.validation_guidance, config.seed)

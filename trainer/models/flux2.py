@@ -99,8 +99,8 @@ def load_data(config: TrainConfig, device, log):
     return pipeline_data(pipeline_spec(config))(config, device, log)
 
 
-def sample(config: TrainConfig, model, data, device, path: Path):
-    return pipeline_sampler(pipeline_spec(config))(config, model, data, device, path)
+def sample(config: TrainConfig, model, data, device, path: Path, samplers):
+    return pipeline_sampler(pipeline_spec(config))(config, model, data, device, path, samplers)
 
 
 FAMILY = FamilyImplementation(

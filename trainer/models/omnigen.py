@@ -115,10 +115,7 @@ def denoise(model, latents: torch.Tensor, prompt_cond: dict, null_cond: dict, st
     return latents
 
 
-_VAES: dict[str, object] = {}
-
-
-def sample(config: TrainConfig, model, data, device: torch.device, path: Path) -> Path | None:
+def sample(config: TrainConfig, model, data, device: torch.device, path: Path, samplers) -> Path | None:
     """Validation images: ``denoise`` from fixed noise, decoded by the pipeline directory's VAE."""
     from diffusers import AutoencoderKL
 
@@ -127,10 +124,7 @@ def sample(config: TrainConfig, model, data, device: torch.device, path: Path) -
     vae_dir = Path(config.pretrained_model_name_or_path).expanduser() / "vae"
     if not (vae_dir / "config.json").is_file() or not data.prompt_cond:
         return None  # a bare transformer folder: no VAE to decode with
-    if str(vae_dir) not in _VAES:
-        _VAES.clear()
-        _VAES[str(vae_dir)] = AutoencoderKL.from_pretrained(str(vae_dir), local_files_only=True).to(device).eval()
-    vae = _VAES[str(vae_dir)]
+    vae = samplers.get(str(vae_dir), lambda: AutoencoderKL.from_pretrained(str(vae_dir), local_files_only=True).to(device).eval())
     generator = torch.Generator(device=device).manual_seed(config.seed)
     n = len(data.prompt_cond["input_ids"])
     side = config.resolution // 2 ** (len(vae.config.block_out_channels) - 1)
