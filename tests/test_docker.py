@@ -233,9 +233,12 @@ def test_entry_command_parses_and_binds_what_the_dockerfile_says(image, pyprojec
     words = image.command()
     module, _, function = pyproject["project"]["scripts"][words[0]].partition(":")
     bound = {}
-    monkeypatch.setattr(
-        uvicorn.Server, "run", lambda server, *a, **k: bound.update(host=server.config.host, port=server.config.port)
-    )
+
+    def run(server, *args, **kwargs):  # instead of serving: note the address, and start as uvicorn would
+        bound.update(host=server.config.host, port=server.config.port)
+        server.started = True
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
     monkeypatch.setenv("LAYERSYNC_DATA_DIR", str(tmp_path))
     assert getattr(importlib.import_module(module), function)(words[1:]) in (0, None)
     assert bound == {"host": "0.0.0.0", "port": image.exposed_port()}

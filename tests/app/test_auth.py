@@ -159,7 +159,7 @@ def test_without_a_token_nothing_asks_for_a_login(client):
 
 @pytest.mark.parametrize("token, warned", [(None, True), ("s3cret", False)])
 def test_serve_beyond_this_machine_warns_only_without_a_token(monkeypatch, capsys, tmp_path, token, warned):
-    monkeypatch.setattr(Server, "run", lambda server: None)
+    monkeypatch.setattr(Server, "run", lambda server: setattr(server, "started", True))  # started, not served
     if token:
         monkeypatch.setenv("LAYERSYNC_TOKEN", token)
     else:
