@@ -132,7 +132,7 @@ def main() -> None:
         names = list(ways)
         for r in range(args.rounds):
             for name in names[r % 3:] + names[: r % 3]:  # rotate the order so drift hits each way alike
-                t, peak = peak_memory(lambda: ways[name](r))
+                t, peak = peak_memory(lambda name=name, r=r: ways[name](r))
                 times[name] += t
                 peaks[name] = max(peaks[name] or 0, peak) if peak is not None else None
 

@@ -34,7 +34,8 @@ def build_parser(prog: str = "layersync train") -> argparse.ArgumentParser:
         epilog="Example: layersync train --layersync_enabled --layersync_student_block 8 --layersync_teacher_block 16",
     )
     parser.add_argument("--config", metavar="FILE", help="config JSON (ours, or a SimpleTuner config.json to import)")
-    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", metavar="DIR", help="run folder (default: layersync-runs/<time>)")
+    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", metavar="DIR",
+                        help="run folder (default: layersync-runs/<time>)")
     parser.add_argument("--print-config", action="store_true", help="validate, print the full config as JSON and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     keys = parser.add_argument_group("config keys (flags override the file)")

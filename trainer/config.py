@@ -82,9 +82,12 @@ class TrainConfig(BaseModel):
     )
     resolution: int | None = Field(
         None, ge=8, le=4096,
-        description="Image (or video frame) size in pixels, square; a multiple of the family's factor (2 for the demo, 16 for most). Empty: the family's native size.",
+        description="Image (or video frame) size in pixels, square; a multiple of the family's factor (2 for the demo, "
+        "16 for most). Empty: the family's native size.",
     )
-    model_type: Literal["full", "lora"] = Field("full", description="Train every weight, or a LoRA adapter (peft) on the attention projections.")
+    model_type: Literal["full", "lora"] = Field(
+        "full", description="Train every weight, or a LoRA adapter (peft) on the attention projections."
+    )
     lora_rank: int = Field(16, ge=1, le=1024, description="LoRA rank.")
     lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha; empty: equal to the rank (scale 1).")
     # data (the demo family uses its built-in digits)
@@ -136,7 +139,9 @@ class TrainConfig(BaseModel):
     validation_steps: int = Field(100, ge=0, le=MAX_STEPS, description="Sample grid and held-out loss every N steps; 0 turns them off.")
     validation_num_inference_steps: int = Field(20, ge=1, le=1000, description="Euler steps of the sampler.")
     validation_guidance: float = Field(2.0, ge=1, description="Classifier-free guidance scale of the samples.")
-    checkpointing_steps: int = Field(100, ge=0, le=MAX_STEPS, description="Checkpoint every N steps (and always at the end); 0: at the end only.")
+    checkpointing_steps: int = Field(
+        100, ge=0, le=MAX_STEPS, description="Checkpoint every N steps (and always at the end); 0: at the end only."
+    )
     checkpoints_total_limit: int | None = Field(None, ge=1, le=100_000, description="Keep only the newest N checkpoints.")
     resume_from_checkpoint: str | None = Field(
         None, max_length=MAX_PATH, description="'latest' or a checkpoint folder: continue that run at its step."
@@ -147,7 +152,8 @@ class TrainConfig(BaseModel):
         None, ge=0, le=MAX_BLOCK, description="Student block (1-based-friendly). On 24-block models start with 8."
     )
     layersync_teacher_block: int | None = Field(
-        None, ge=0, le=MAX_BLOCK, description="Teacher block, a few blocks deeper than the student (16 on 24-block models). Defaults to the student."
+        None, ge=0, le=MAX_BLOCK,
+        description="Teacher block, a few blocks deeper than the student (16 on 24-block models). Defaults to the student.",
     )
     layersync_lambda: float | None = Field(
         None, description="Weight of the negative-cosine term; 0.2 when enabled and unset; must be > 0."

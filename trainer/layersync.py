@@ -113,5 +113,8 @@ class LayerSync:
         return None
 
     def describe(self) -> str:
-        pairs = ", ".join(f"{s}→{t} (blocks {rs}→{rt} counted from 0)" for (s, t), (rs, rt) in zip(self.user_pairs, self.pairs))
+        pairs = ", ".join(
+            f"{s}→{t} (blocks {rs}→{rt} counted from 0)"
+            for (s, t), (rs, rt) in zip(self.user_pairs, self.pairs, strict=True)
+        )
         return f"LayerSync on: student→teacher {pairs}, weight {self.weight}"

@@ -103,7 +103,7 @@ class RunningMeans:
         self.steps += 1
 
     def read(self) -> dict[str, float]:
-        means = dict(zip(self._names, (self._sums / self.steps).tolist()))  # the one host sync of the interval
+        means = dict(zip(self._names, (self._sums / self.steps).tolist(), strict=True))  # the one host sync of the interval
         self._sums.zero_()
         self.steps = 0
         return means
@@ -230,7 +230,7 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
         if layersync:
             values["layersync_similarity"] = similarity
             if len(pair_sims) > 1:
-                for (student, teacher), pair_similarity in zip(layersync.user_pairs, pair_sims):
+                for (student, teacher), pair_similarity in zip(layersync.user_pairs, pair_sims, strict=True):
                     values[f"layersync_similarity/{student}-{teacher}"] = pair_similarity
         if grad_norm is not None:
             values["grad_norm"] = grad_norm

@@ -135,7 +135,8 @@ def get_metrics(
 
 
 @router.get("/runs/{run_id}/events", response_class=Response,
-            responses={200: {"content": {"text/event-stream": {}}}, 204: {"description": "The run has ended and nothing is left to send"}, **errors.RUN_ERRORS})
+            responses={200: {"content": {"text/event-stream": {}}},
+                       204: {"description": "The run has ended and nothing is left to send"}, **errors.RUN_ERRORS})
 async def run_events(
     run_id: int, request: Request,
     since: EventsAfter = None,

@@ -33,8 +33,18 @@ from app.forms import (
 from app.lifecycle import LIVE, RESUMABLE, RunStatus
 from app.models import RUN_STATUSES
 from app.runs import (
-    RunNotFound, RunStateError, cancel_run, create_run, get_run, latest_sample_url, list_runs, log_tail,
-    queue_positions, resume_offer, resume_run, run_id_in_range,
+    RunNotFound,
+    RunStateError,
+    cancel_run,
+    create_run,
+    get_run,
+    latest_sample_url,
+    list_runs,
+    log_tail,
+    queue_positions,
+    resume_offer,
+    resume_run,
+    run_id_in_range,
 )
 from trainer.config import ConfigError
 

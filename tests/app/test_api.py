@@ -4,7 +4,6 @@ import sys
 
 import pytest
 from fastapi.testclient import TestClient
-
 from sqlmodel import Session, update
 
 from app.eventlog import last_seq

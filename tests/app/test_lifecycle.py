@@ -41,7 +41,7 @@ def losses(server: ServerProcess, run_id: int) -> dict[int, float]:
     series = server.http.get(f"/api/runs/{run_id}/metrics", params={"names": "loss", "max_points": 100_000}).json()
     loss = series["series"]["loss"]
     assert len(set(loss["steps"])) == len(loss["steps"])  # a step once
-    return dict(zip(loss["steps"], loss["values"]))
+    return dict(zip(loss["steps"], loss["values"], strict=True))
 
 
 def metric_events(server: ServerProcess, run_id: int) -> list[tuple[int, int]]:
@@ -117,7 +117,8 @@ def test_cancel_checkpoints_and_resume_continues_where_it_stopped(server, tiny_m
     server.http.post(f"/api/runs/{run['id']}/resume")
     done = server.wait_ended(run["id"])
     assert done["status"] == "completed" and done["step"] == 200
-    assert f"resumed from {server.stored(run['id']).output_dir}/checkpoints/step_{stopped_at:07d}" in server.http.get(f"/api/runs/{run['id']}/log").text
+    resumed_from = f"{server.stored(run['id']).output_dir}/checkpoints/step_{stopped_at:07d}"
+    assert f"resumed from {resumed_from}" in server.http.get(f"/api/runs/{run['id']}/log").text
     assert sorted(losses(server, run["id"])) == list(range(1, 201))
 
 

@@ -79,7 +79,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_student_blocks_learn_from_layersync_and_deeper_blocks_do_not(checkpointing):
     grads = layersync_grads(tiny_model(), checkpointing)
-    norm = lambda prefix: sum(g.abs().sum().item() for n, g in grads.items() if n.startswith(prefix))
+    def norm(prefix):
+        return sum(g.abs().sum().item() for n, g in grads.items() if n.startswith(prefix))
     assert norm("blocks.0.") > 0 and norm("blocks.1.") > 0  # up to the student (block 1, 0-based)
     for deeper in range(2, 6):  # between student and teacher, and the teacher itself: detached
         assert norm(f"blocks.{deeper}.") == 0

@@ -153,7 +153,8 @@ def test_a_crash_ends_the_run_failed_with_its_reason(tmp_path, tiny_model_dir, m
 
 def test_sigterm_stops_after_the_step_with_a_checkpoint_and_cancelled(tmp_path, tiny_model_dir):
     out = tmp_path / "run"
-    path = write_config(tmp_path / "run.json", fast_config(tiny_model_dir, out, max_train_steps=100000, validation_steps=0, checkpointing_steps=0))
+    config = fast_config(tiny_model_dir, out, max_train_steps=100000, validation_steps=0, checkpointing_steps=0)
+    path = write_config(tmp_path / "run.json", config)
     process = subprocess.Popen([sys.executable, "-m", "trainer", "--config", str(path), "--no-progress"], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

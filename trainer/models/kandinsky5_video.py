@@ -52,7 +52,7 @@ def transformer(model, latents: torch.Tensor, sigma: torch.Tensor, cond: dict, s
         encoder_hidden_states=cond["prompt_embeds"][:, :length],
         timestep=sigma * 1000,  # the pipelines pass the scheduler's timesteps, sigma × 1000
         pooled_projections=cond["pooled_prompt_embeds"],
-        visual_rope_pos=[torch.arange(n // k, device=device) for n, k in zip((t, h, w), p)],
+        visual_rope_pos=[torch.arange(n // k, device=device) for n, k in zip((t, h, w), p, strict=True)],
         text_rope_pos=torch.arange(length, device=device),
         scale_factor=scale_factor,
         sparse_params=None,

@@ -43,7 +43,7 @@ def blocks(model) -> list[Block]:
 
 
 def predict(model, x_t: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
-    captions = [embeds[keep] for embeds, keep in zip(cond["prompt_embeds"], cond["prompt_embeds_mask"].bool())]
+    captions = [embeds[keep] for embeds, keep in zip(cond["prompt_embeds"], cond["prompt_embeds_mask"].bool(), strict=True)]
     out = model(
         x=list(x_t.unsqueeze(2).unbind(0)),  # one (C, 1, H, W) per example
         t=1 - sigma,

@@ -77,7 +77,7 @@ def tiny_pipeline():
 def test_predict_gives_the_velocity_the_pipeline_integrates():
     """The pipeline passes 1 − sigma and negates the output; predict must match it."""
     pipe, noise, cond = tiny_pipeline(), torch.randn(2, 4, 8, 8), captions([3, 6])
-    caption_list = [embeds[keep] for embeds, keep in zip(cond["prompt_embeds"], cond["prompt_embeds_mask"])]
+    caption_list = [embeds[keep] for embeds, keep in zip(cond["prompt_embeds"], cond["prompt_embeds_mask"], strict=True)]
     out = one_step_from_noise(pipe, noise, prompt_embeds=caption_list, guidance_scale=0.0, height=16, width=16)
     with torch.no_grad():
         velocity = predict(pipe.transformer, noise, torch.ones(2), cond)
