@@ -4,6 +4,8 @@ Every route works without JavaScript: forms post plainly and redirect (303); an 
 the partial it swaps instead. Templates autoescape everything; nothing from a user is marked safe.
 """
 
+import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Literal
@@ -33,6 +35,7 @@ from app.forms import (
 from app.lifecycle import LIVE, RESUMABLE, RunStatus
 from app.models import RUN_STATUSES
 from app.runs import (
+    NAME_MAX,
     RunNotFound,
     RunStateError,
     cancel_run,
@@ -131,7 +134,7 @@ def _form(request: Request, *, values: dict, errors: dict, name: str = "", statu
     context = {
         "sections": SECTIONS, "fields": FORM_FIELDS, "values": values, "errors": errors, "run_name": name,
         "notices": notices_by_field(form_to_config(values)[1]), "family": family_fields(values.get("model_family", "")),
-        "defaults": default_values(), "families": family_table(), "nav": "new",
+        "defaults": default_values(), "families": family_table(), "name_max": NAME_MAX, "nav": "new",
     }
     template = "partials/run_form.html" if _is_htmx(request) else "new_run.html"
     return _render(request, template, status_code=status_code, **context)
@@ -178,6 +181,16 @@ async def new_run_validate(request: Request):
         check_form, await _posted(request), model_roots=settings.model_roots, runs_dir=settings.runs_dir
     )
     return _render(request, "partials/form_checks.html", fields=FORM_FIELDS, errors=check.errors, notices=check.notices)
+
+
+@router.post("/runs/new/export")
+async def new_run_export(request: Request) -> Response:
+    """The form as a config file: what a submit would send the schema (form_to_config), as JSON to download."""
+    name, config = form_to_config(await _posted(request))
+    filename = re.sub(r"[^\w.-]+", "-", name or "layersync-config").strip("-") or "layersync-config"
+    body = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+    return Response(body, media_type="application/json",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}.json"'})
 
 
 @router.get("/runs/new/from/{run_id}", response_class=HTMLResponse)

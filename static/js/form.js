@@ -1,6 +1,7 @@
 // The new-run form, made better with JavaScript (it works without it). The rules stay on the server:
 // the live checks and notices come from htmx requests (see #form-checker), an imported file is read
-// by POST /api/configs/import, and a family's defaults are the ones the server rendered into the form.
+// by POST /api/configs/import, an export is written by POST /runs/new/export, and a family's defaults
+// are the ones the server rendered into the form.
 // Here: the LayerSync fields follow Enable LayerSync, a family change refills the family's fields,
 // and a config JSON is imported into the form or the form exported as one.
 // The form itself may be swapped by htmx (a 422 brings it back with messages), so nothing here keeps
@@ -43,20 +44,6 @@
     });
   }
 
-  // The form as a flat config: ticked → true, empty → left out (the default applies), numbers as numbers.
-  function formToConfig(f) {
-    const config = {};
-    Array.from(f.elements).forEach(function (el) {
-      if (!el.name || el.name === "name" || el.disabled || el.type === "submit") return;
-      if (el.type === "checkbox") { config[el.name] = el.checked; return; }
-      const text = el.value.trim();
-      if (text === "") return;
-      const numeric = el.inputMode === "numeric" || el.inputMode === "decimal";
-      config[el.name] = numeric && Number.isFinite(Number(text)) ? Number(text) : text;
-    });
-    return config;
-  }
-
   // What the import has to tell, as a list under the import button (text only: never markup).
   function say(lines) {
     const status = document.getElementById("config-io-status");
@@ -69,19 +56,30 @@
     });
   }
 
+  // The server turns the form into a config file, as a submit would send it to the schema (disabled
+  // fields are not sent, so LayerSync's keys stay out while it is off); the page only saves the answer.
   function exportConfig() {
     const f = form();
     if (!f) return;
-    const blob = new Blob([JSON.stringify(formToConfig(f), null, 2) + "\n"], { type: "application/json" });
+    fetch("/runs/new/export", { method: "POST", body: new FormData(f), credentials: "same-origin" })
+      .then(function (response) {
+        if (!response.ok) throw new Error("the server answered " + response.status);
+        const disposition = response.headers.get("Content-Disposition") || "";
+        const match = /filename="([^"]+)"/.exec(disposition);
+        return response.blob().then(function (blob) { save(blob, match ? match[1] : "layersync-config.json"); });
+      })
+      .catch(function (err) { say("Could not export the form: " + err.message); });
+  }
+
+  function save(blob, fileName) {
     const link = document.createElement("a");
-    const name = (input(f, "name").value.trim() || "layersync-config").replace(/[^\w.-]+/g, "-");
     link.href = URL.createObjectURL(blob);
-    link.download = name + ".json";
+    link.download = fileName;
     document.body.appendChild(link);
     link.click();
     link.remove();
     setTimeout(function () { URL.revokeObjectURL(link.href); }, 1000);
-    say("Exported the form as " + link.download + ".");
+    say("Exported the form as " + fileName + ".");
   }
 
   // The server imports the file (ours or SimpleTuner's) exactly as `layersync train --config` does and

@@ -94,3 +94,31 @@ def test_without_javascript_the_post_answers_422_with_the_words_and_notices_by_t
 def test_the_run_shows_the_blocks_and_weight_it_stored(client):
     run_id = create(client, layersync_student_block="3", layersync_teacher_block="0", layersync_lambda="0.5")
     assert "3 → 0, weight 0.5" in client.get(f"/runs/{run_id}").text  # block 0 is a block, not "unset"
+
+
+def test_the_export_is_the_config_a_submit_would_send(client):
+    from app.forms import form_to_config
+
+    form = {**LAYERSYNC_FORM, "name": "8 → 16 / try", "layersync_student_block": "8", "layersync_teacher_block": "16",
+            "max_train_steps": "30", "learning_rate": "1e-4"}
+    response = client.post("/runs/new/export", data=form)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("application/json")
+    assert response.headers["content-disposition"] == 'attachment; filename="8-16-try.json"'
+    exported = response.json()
+    assert exported == form_to_config(form)[1]
+    assert exported["layersync_teacher_block"] == 16 and exported["learning_rate"] == 1e-4
+    # and the file the form exports is one the import takes back as it is
+    assert client.post("/api/configs/import", json=exported).status_code == 200
+
+
+def test_the_export_leaves_layersync_out_while_it_is_off(client):
+    form = {"name": "", "layersync_student_block": "8", "max_train_steps": "30"}  # the box is not ticked
+    response = client.post("/runs/new/export", data=form)
+    assert response.headers["content-disposition"] == 'attachment; filename="layersync-config.json"'
+    assert "layersync_student_block" not in response.json() and response.json()["layersync_enabled"] is False
+
+
+def test_the_run_name_limit_in_the_page_is_the_servers(client):
+    from app.runs import NAME_MAX
+
+    assert f'maxlength="{NAME_MAX}"' in client.get("/runs/new").text

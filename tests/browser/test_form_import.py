@@ -83,3 +83,26 @@ def test_a_family_change_refills_its_fields_and_shows_only_its_medias(page, serv
     expect(frames).to_be_hidden()
     expect(resolution).to_be_hidden()
     assert page.js_errors == []
+
+
+def test_export_writes_what_the_server_makes_of_the_form_and_imports_back(page, server, tmp_path):
+    page.goto(f"{server}/runs/new")
+    page.get_by_label("Enable LayerSync", exact=True).check()
+    page.get_by_label("Student Block", exact=True).fill("4")
+    page.get_by_label("Teacher Block", exact=True).fill("12")
+    page.get_by_label("Max train steps", exact=True).fill("30")
+    page.get_by_label("Run name", exact=True).fill("four to twelve")
+    with page.expect_download(timeout=PATIENCE_MS) as download:
+        page.locator("#export-config").click()
+    assert download.value.suggested_filename == "four-to-twelve.json"
+    saved = tmp_path / "exported.json"
+    download.value.save_as(saved)
+    exported = json.loads(saved.read_text())
+    assert exported["layersync_student_block"] == 4 and exported["layersync_teacher_block"] == 12
+    assert exported["max_train_steps"] == 30 and exported["layersync_enabled"] is True
+
+    page.goto(f"{server}/runs/new")  # a fresh form takes the file back as it was exported
+    import_file(page, exported, "exported.json")
+    expect(page.locator("#config-io-status")).to_contain_text("Imported exported.json.", timeout=PATIENCE_MS)
+    expect(page.get_by_label("Teacher Block", exact=True)).to_have_value("12")
+    assert page.js_errors == []
