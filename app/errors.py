@@ -45,7 +45,8 @@ def human_message(error: dict) -> str:
     """One of FastAPI's request errors in words a person understands (a value's words are the config's)."""
     loc, kind, value = error["loc"], error["type"], error.get("input")
     ctx = error.get("ctx") or {}
-    where, name = loc[0], printable(str(loc[-1])) if len(loc) > 1 else "the body"
+    names = [part for part in loc[1:] if isinstance(part, str)]  # an item of a list is named by its list
+    where, name = loc[0], printable(names[-1]) if names else "the body"
     if kind == "json_invalid":
         return f"the body is not valid JSON ({ctx.get('error', 'cannot parse it')}): send one JSON object, e.g. {EXAMPLE}"
     if where == "body" and kind == "missing":

@@ -41,3 +41,9 @@ def test_each_family_lists_its_own_defaults(client):
 def test_request_errors_use_the_configs_words():
     error = {"loc": ("query", "ratio"), "type": "float_parsing", "input": "abc", "msg": "Input should be a valid number"}
     assert human_message(error) == "ratio must be a number, got 'abc'"
+
+
+def test_an_item_of_a_list_parameter_is_named_by_its_parameter(client):
+    response = client.get("/compare", params=[("run", "1"), ("run", "x")])
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == [{"loc": ["query", "run", 1], "msg": "run must be a whole number, got 'x'"}]
