@@ -13,7 +13,8 @@ import uvicorn
 from app.datadir import DataDirInUse, check_data_dir
 from app.main import create_app
 from app.settings import Settings
-from trainer.cli import train_main
+from app.studycli import study_main
+from trainer.cli import probe_main, train_main
 from trainer.families import FAMILIES
 
 SHUTDOWN_SECONDS = 3
@@ -22,6 +23,8 @@ COMMANDS = {
     "serve": "start the web app (see layersync serve --help)",
     "train": "train a model (see layersync train --help)",
     "families": "list the model families",
+    "probe": "map a model's blocks and suggest a student → teacher pair (see layersync probe --help)",
+    "study": "train paired runs here and report whether LayerSync helped (see layersync study --help)",
 }
 
 
@@ -93,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"{family.name:17s} {family.label}{media} — {family.diffusers_class}")
         return 0
+    if argv[0] == "probe":
+        return probe_main(argv[1:])
+    if argv[0] == "study":
+        return study_main(argv[1:])
     return train_main(argv[1:])
 
 

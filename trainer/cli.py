@@ -190,3 +190,93 @@ def _print_summary(output_dir: str) -> None:
     if end.get("reason"):
         line += f"; {end['reason']}"
     print(line, file=sys.stderr)
+
+
+PROBE_RESULT, PROBE_ERROR = "probe.json", "probe-error.json"  # what a probe writes into its --output-dir
+SHADES = " .:-=+*#%@"  # cosine 0 → 1, one character a block pair
+
+
+def build_probe_parser() -> argparse.ArgumentParser:
+    from trainer.probe import DEFAULT_BATCH_SIZE, DEFAULT_BATCHES, DEFAULT_NOISE_LEVELS
+
+    parser = argparse.ArgumentParser(
+        prog="layersync probe", allow_abbrev=False,
+        description="Map the blocks of a run's model on its own data: how alike the blocks' token streams are "
+                    "(cosine), how much each block changes the stream, and a student → teacher pair to start from.",
+        epilog="Config keys can be given as flags too, as for layersync train (--model_family flux ...).",
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write the map as JSON to FILE")
+    parser.add_argument("--output-dir", "--output_dir", dest="probe_dir", metavar="DIR",
+                        help=f"write {PROBE_RESULT} (or {PROBE_ERROR} with the reason) into DIR")
+    parser.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--batches", type=int, default=DEFAULT_BATCHES, help=f"batches of the data (default {DEFAULT_BATCHES})")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"examples a batch (default {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--noise-levels", type=int, default=DEFAULT_NOISE_LEVELS,
+                        help=f"noise levels each batch is seen at, spread evenly (default {DEFAULT_NOISE_LEVELS})")
+    return parser
+
+
+def probe_main(argv: list[str] | None = None) -> int:
+    """``layersync probe --config run.json [--json FILE]``: the block map in words, and as JSON."""
+    argv = sys.argv[1:] if argv is None else argv
+    args, rest = build_probe_parser().parse_known_args(argv)
+    problems = [f"--{name.replace('_', '-')} must be at least 1" for name in ("batches", "batch_size", "noise_levels")
+                if getattr(args, name) < 1]
+    if problems:
+        return _probe_failed(args, "; ".join(problems), 2)
+    try:
+        data, warnings, _ = config_from_args(rest)
+        config = validate_config(data)
+    except ConfigError as exc:
+        return _probe_failed(args, "invalid config: " + "; ".join(exc.lines()), 2)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    try:
+        from trainer.probe import probe  # torch is imported only now
+
+        print(f"mapping the blocks of {FAMILIES[config.model_family].label}", file=sys.stderr)
+        result = probe(config, batches=args.batches, batch_size=args.batch_size, noise_levels=args.noise_levels,
+                       log=lambda message, level="info": print(f"{level + ': ' if level != 'info' else ''}{message}",
+                                                                file=sys.stderr))
+    except Exception as exc:  # noqa: BLE001 - whatever stops the probe is told in words, to the terminal and the file
+        return _probe_failed(args, f"{type(exc).__name__}: {exc}", 1)
+    print("\n".join(describe_map(result)))
+    text = json.dumps(result)
+    for path in filter(None, [args.json, args.probe_dir and str(Path(args.probe_dir) / PROBE_RESULT)]):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+    return 0
+
+
+def _probe_failed(args, message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    if args.probe_dir:
+        Path(args.probe_dir).mkdir(parents=True, exist_ok=True)
+        (Path(args.probe_dir) / PROBE_ERROR).write_text(json.dumps({"error": message}))
+    return code
+
+
+def _number(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def describe_map(result: dict) -> list[str]:
+    """The block map in words: a shaded cosine grid, a line per block, and the suggested pair."""
+    depth, cosine, update = result["depth"], result["cosine"], result["update"]
+    lines = [f"{depth} blocks; cosine of block i's tokens with block j's, '{SHADES[0]}' 0 to '{SHADES[-1]}' 1 ('?' not comparable):"]
+    for i, row in enumerate(cosine):
+        shades = "".join("?" if v is None else SHADES[min(len(SHADES) - 1, max(0, int(v * len(SHADES))))] for v in row)
+        lines.append(f"  {i + 1:3d} {shades}")
+    lines.append("block  update  cosine with the next block")
+    for i in range(depth):
+        following = cosine[i][i + 1] if i + 1 < depth else None
+        lines.append(f"{i + 1:5d}  {_number(update[i], 3):>6s}  {_number(following, 3) if i + 1 < depth else ''}")
+    lines.append("update: ‖out − in‖ / ‖in‖, block 1's input being the tokens the model gives its first block")
+    pair = result.get("suggested")
+    if pair is None:
+        lines.append("no student → teacher pair can be compared in this model")
+    else:
+        student, teacher = pair["student"], pair["teacher"]
+        lines.append(f"suggested: layersync_student_block {student}, layersync_teacher_block {teacher} (the paper's 8 → 16 of "
+                     f"28 scaled to {depth} blocks; their cosine now {_number(cosine[student - 1][teacher - 1], 3)})")
+    return lines
