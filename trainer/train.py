@@ -286,7 +286,8 @@ def validate(config, impl, objective, model, ema, data, output_dir, events, step
         val_loss = fixed_noise_loss(impl, objective, model, data, batch_size=config.train_batch_size)
         if impl.sample is not None:
             path = impl.sample(config, model, data, device, output_dir / "samples" / f"step_{step:07d}", samplers)
+        extra = impl.sample_metrics(config, model, data, device) if impl.sample_metrics is not None else {}
     model.train()
-    events.emit("metric", step=step, val_diffusion_loss=val_loss)
+    events.emit("metric", step=step, val_diffusion_loss=val_loss, **extra)
     if path is not None:
         events.emit("sample", step=step, path=str(path.relative_to(output_dir)), prompts=data.prompts)

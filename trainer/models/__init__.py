@@ -42,6 +42,9 @@ class FamilyImplementation:
     # (config, model, data, device, path without suffix, the run's trainer.sampling.Samplers, where a sampler
     # keeps what it builds once per run) → the written sample file, or None with no sampler
     sample: Callable[[TrainConfig, nn.Module, LatentDataset, torch.device, Path, Samplers], Path | None] | None = None
+    # (config, model, data, device) → extra validation metrics by name, measured on the model as validated
+    # (the demo's: how many of its class-conditional samples a digit classifier reads as their class)
+    sample_metrics: Callable[[TrainConfig, nn.Module, LatentDataset, torch.device], dict[str, float]] | None = None
     # modules a LoRA adapter wraps (peft target_modules)
     lora_target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 
