@@ -2,7 +2,7 @@
 
 Behaviour by FAKE_WORKER_MODE: "complete" (default) trains max_train_steps fake steps and ends;
 "crash" writes a metric, prints a message and exits 1 without an end event; "wait" trains
-until SIGTERM (600 s at most), then ends cancelled with exit code 130, as the trainer does;
+until SIGTERM (twice a test's longest wait at most), then ends cancelled with exit code 130, as the trainer does;
 "stubborn" trains as "wait" but ignores SIGTERM (a worker stuck in a step).
 """
 
@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 
+from tests.utils.waiting import PATIENCE_S
 from trainer.events import EventWriter
 
 
@@ -35,7 +36,7 @@ def main() -> int:
         print("boom: the fake worker crashed on purpose", file=sys.stderr, flush=True)
         return 1
     # "wait" gives up by itself if a failed test never cancels it, long after a test's own waits would
-    step, deadline = 0, time.monotonic() + 600
+    step, deadline = 0, time.monotonic() + 2 * PATIENCE_S
     while (mode in ("wait", "stubborn") and time.monotonic() < deadline) or step < config["max_train_steps"]:
         if stop:
             events.emit("end", status="cancelled", step=step)

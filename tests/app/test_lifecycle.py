@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import sys
-import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,6 +16,8 @@ from app.main import create_app
 from tests.utils.factories import fast_config
 from tests.utils.server import app_settings, stored_run, wait_for
 from tests.utils.server_process import ServerProcess
+from tests.utils.waiting import wait_until
+from trainer.events import read_events
 
 pytestmark = pytest.mark.slow
 
@@ -44,6 +45,11 @@ def losses(server: ServerProcess, run_id: int) -> dict[int, float]:
     return dict(zip(loss["steps"], loss["values"], strict=True))
 
 
+def last_step(folder: str) -> int:
+    """The last step the run's worker wrote to its events file, whoever follows it."""
+    return max((event["step"] for event in read_events(folder) if event["event"] == "metric"), default=0)
+
+
 def metric_events(server: ServerProcess, run_id: int) -> list[tuple[int, int]]:
     """(event id, step) of each training metric in the run's replayed event stream."""
     frames = server.http.get(f"/api/runs/{run_id}/events", params={"since": 0}).text.split("\n\n")
@@ -62,8 +68,10 @@ def test_a_server_killed_mid_run_takes_the_run_back_and_the_queue_survives(serve
     running = server.wait(first["id"], lambda run: run["step"] >= 10)
     assert [server.run(run["id"])["queue_position"] for run in (second, third)] == [1, 2]  # one slot: they wait
     server.kill()
-    time.sleep(1)  # the worker trains on, unfollowed
-    assert os.path.exists(f"/proc/{server.stored(running['id']).pid}") or not os.path.exists("/proc")
+    folder = server.stored(running["id"]).output_dir
+    at_kill = last_step(folder)
+    # the worker trains on, unfollowed: it writes steps after the server's death
+    wait_until(lambda: last_step(folder) > at_kill, what=f"the worker to write a step past {at_kill} with no server")
     server.start()
     assert server.run(first["id"])["status"] in ("running", "completed")  # adopted (or ended meanwhile), not failed
     assert [server.run(run["id"])["queue_position"] for run in (second, third)] == [1, 2]  # still queued, in order
@@ -82,9 +90,8 @@ def test_a_killed_worker_fails_its_run_the_queue_moves_on_and_resume_matches_an_
     server.wait(broken["id"], lambda run: run["step"] >= 15)  # past its checkpoint at 10
     pid = server.stored(broken["id"]).pid
     os.killpg(pid, signal.SIGKILL)
-    killed_at = time.monotonic()
-    failed = server.wait_ended(broken["id"], timeout=5)
-    assert time.monotonic() - killed_at < 5
+    failed = server.wait_ended(broken["id"])
+    # only the worker's parent learns the signal that ended it: this server noticed the death itself
     assert failed["status"] == "failed" and "killed by SIGKILL" in failed["error"], failed
     assert "killed by SIGKILL" in server.http.get(f"/runs/{broken['id']}").text  # the run page says why
     assert server.wait_ended(unbroken["id"])["status"] == "completed"  # the queue moved on
@@ -107,12 +114,13 @@ def test_a_killed_worker_fails_its_run_the_queue_moves_on_and_resume_matches_an_
 def test_cancel_checkpoints_and_resume_continues_where_it_stopped(server, tiny_model_dir):
     run = server.http.post("/api/runs", json=config(tiny_model_dir, 200)).json()
     server.wait(run["id"], lambda r: r["step"] >= 15)
-    asked = time.monotonic()
     assert server.http.post(f"/api/runs/{run['id']}/cancel").json()["cancel_requested"]
-    cancelled = server.wait_ended(run["id"], timeout=10)
-    assert time.monotonic() - asked < 10
+    cancelled = server.wait_ended(run["id"])
     assert cancelled["status"] == "cancelled" and cancelled["step"] < 200, cancelled
     stopped_at = cancelled["step"]
+    # the worker stopped on the SIGTERM itself, after its step; it was not killed once the grace ran out
+    assert cancelled["error"] is None, cancelled
+    assert f"stopped on request after step {stopped_at}" in server.http.get(f"/api/runs/{run['id']}/log").text
     assert cancelled["last_checkpoint"] == f"checkpoints/step_{stopped_at:07d}"  # the step it stopped at is kept
     server.http.post(f"/api/runs/{run['id']}/resume")
     done = server.wait_ended(run["id"])
@@ -144,7 +152,7 @@ def test_a_run_folder_that_cannot_be_written_fails_the_run_with_that_reason(real
     (real_slot.runs_dir / "1").write_text("a file where the run's folder must go")  # root ignores chmod; this it cannot
     with TestClient(create_app(real_slot)) as client:
         run = client.post("/api/runs", json=config(tiny_model_dir, 5)).json()
-        failed = wait_for(client, run["id"], timeout=10)
+        failed = wait_for(client, run["id"])
         folder = stored_run(client.app.state.engine, run["id"]).output_dir
     assert failed["status"] == "failed" and f"the run folder {folder} cannot be written" in failed["error"]
 
@@ -156,7 +164,7 @@ def test_a_full_disk_fails_the_run_with_that_reason(real_slot, tiny_model_dir):
     (folder / "events.jsonl").symlink_to("/dev/full")  # every write to it: ENOSPC, as on a full disk
     with TestClient(create_app(real_slot)) as client:
         run = client.post("/api/runs", json=config(tiny_model_dir, 5)).json()
-        failed = wait_for(client, run["id"], timeout=30)
+        failed = wait_for(client, run["id"])
     assert failed["status"] == "failed" and "No space left on device" in failed["error"], failed
 
 
@@ -167,8 +175,8 @@ def test_an_exception_in_the_trainer_fails_the_run_with_its_message(real_slot, t
             blocker = client.post("/api/runs", json=config(tiny_model_dir, 40)).json()  # holds the slot meanwhile
             run = client.post("/api/runs", json=config(model, 5)).json()
             (model / "diffusion_pytorch_model.safetensors").unlink()  # valid when queued, gone when it loads
-            failed = wait_for(client, run["id"], timeout=40)
-            wait_for(client, blocker["id"], timeout=30)
+            failed = wait_for(client, run["id"])
+            wait_for(client, blocker["id"])
     finally:
         shutil.rmtree(model, ignore_errors=True)
     assert failed["status"] == "failed" and "no file named diffusion_pytorch_model" in failed["error"], failed

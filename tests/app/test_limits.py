@@ -10,9 +10,9 @@ import pytest
 
 from app.limits import MAX_BODY_BYTES, BodyLimit
 from tests.utils.server import app_settings, live_server
+from tests.utils.waiting import PATIENCE_S
 
 BIG_PROMPT = "x" * (MAX_BODY_BYTES + 1)
-SOCKET_TIMEOUT_S = 60  # only a server that waits for a body it should refuse gets anywhere near this
 
 
 def test_a_large_json_body_is_refused_with_413_and_nothing_is_stored(client):
@@ -40,7 +40,8 @@ def base(tmp_path):
 def _exchange(base: str, request: bytes) -> tuple[bytes, bytes]:
     """Send ``request`` on a raw connection and read the answer (head, body) until the server closes it."""
     address = urlsplit(base)
-    with socket.create_connection((address.hostname, address.port), timeout=SOCKET_TIMEOUT_S) as sock:
+    # only a server that waits for a body it should refuse gets anywhere near this bound
+    with socket.create_connection((address.hostname, address.port), timeout=PATIENCE_S) as sock:
         sock.sendall(request)
         answer = b""
         while chunk := sock.recv(65536):

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -25,11 +24,11 @@ from app.main import create_app
 from app.models import Run
 from tests.utils.server import app_settings
 from tests.utils.server_process import free_port
+from tests.utils.waiting import PATIENCE_S, wait_until
 from trainer.events import EVENTS_FILE
 from trainer.runlock import RUN_LOCK, is_locked
 
 ROOT = Path(__file__).resolve().parents[2]
-WAIT_SECONDS = 600  # far above any realistic time: the machine may be loaded
 # a process that holds a run folder's lock until its stdin closes, as a worker holds it while it trains
 HOLD = ("import sys; from trainer.runlock import FolderLock, RUN_LOCK; FolderLock(sys.argv[1], RUN_LOCK).acquire(); "
         "print('locked', flush=True); sys.stdin.read()")
@@ -59,19 +58,20 @@ def test_layersync_serve_on_a_data_dir_in_use_says_who_holds_it_and_exits(settin
     with TestClient(create_app(settings)):
         second = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
         try:
-            deadline = time.monotonic() + WAIT_SECONDS
-            while second.poll() is None:  # it exits, or it serves (and the test fails)
+            def exited() -> bool:  # it exits, or it serves (and the test fails)
+                if second.poll() is not None:
+                    return True
                 try:
-                    served = httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code
+                    served = httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=PATIENCE_S).status_code
                 except httpx.TransportError:
-                    served = None
-                assert served is None, "a second server started on a data dir in use"
-                assert time.monotonic() < deadline, "the second server neither served nor exited"
-                time.sleep(0.1)
+                    return False
+                raise AssertionError(f"a second server started on a data dir in use (it answered {served})")
+
+            wait_until(exited, what="the second server to exit", interval=0.1)
         finally:
             if second.poll() is None:
                 second.kill()
-            stderr = second.communicate(timeout=WAIT_SECONDS)[1]
+            stderr = second.communicate(timeout=PATIENCE_S)[1]
     assert second.returncode == 1, stderr
     assert f"error: the data dir {settings.data_dir} is in use by another LayerSync server (pid {os.getpid()})" in stderr
     assert "Traceback" not in stderr
@@ -99,16 +99,16 @@ def hold_lock():
 
 def let_go(holder: subprocess.Popen) -> None:
     holder.stdin.close()
-    holder.wait(timeout=WAIT_SECONDS)
+    holder.wait(timeout=PATIENCE_S)
 
 
 def gone_pid() -> tuple[int, int]:
     """The pid and start time of a process that has exited (and was reaped)."""
     from app.workers import start_time
 
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
-    started = start_time(process.pid)
-    process.wait()
+    process = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    started = start_time(process.pid)  # while it lives: it waits for its stdin to close
+    process.communicate()
     return process.pid, started
 
 
@@ -145,7 +145,7 @@ def test_a_cancel_reaches_the_worker_that_holds_the_folder(engine, running_run, 
     with Session(engine) as session:
         assert session.get(Run, running_run.id).pid == holder.pid  # what the cancel signals
         assert cancel_run(session, run_id=running_run.id).cancel_requested
-    assert holder.wait(timeout=WAIT_SECONDS) == -signal.SIGTERM  # the SIGTERM reached it
+    assert holder.wait(timeout=PATIENCE_S) == -signal.SIGTERM  # the SIGTERM reached it
     chief.tick()
     with Session(engine) as session:
         assert session.get(Run, running_run.id).status == "cancelled"

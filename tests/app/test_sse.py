@@ -1,7 +1,6 @@
 import json
 import os
 import threading
-import time
 
 import httpx
 from sqlmodel import Session, update
@@ -11,6 +10,7 @@ from app.db import make_engine
 from app.follower import follow_run
 from app.models import Run
 from tests.utils.server import live_server
+from tests.utils.waiting import PATIENCE_S, wait_until
 from trainer.events import EventWriter
 
 
@@ -63,7 +63,7 @@ def test_replay_after_last_event_id_then_close_at_end(client, settings):
 
 def test_live_events_arrive_in_order_with_heartbeats_and_the_stream_ends_at_end(settings, monkeypatch):
     monkeypatch.setattr(sse, "HEARTBEAT_SECONDS", 0.3)
-    with live_server(settings) as base, httpx.Client(base_url=base, timeout=10) as http:
+    with live_server(settings) as base, httpx.Client(base_url=base, timeout=PATIENCE_S) as http:
         engine = make_engine(settings.db_url)
         run, writer = start_running(engine, http.post, settings)
         writer.emit("status", status="running", step=0)
@@ -71,18 +71,22 @@ def test_live_events_arrive_in_order_with_heartbeats_and_the_stream_ends_at_end(
         received = []
 
         def follow():
+            lines = []
             with http.stream("GET", f"{run['url']}/events") as response:
-                received.extend(read_sse(response.iter_lines()))
+                for line in response.iter_lines():
+                    lines.append(line)
+                    received[:] = read_sse(lines)
 
         reader = threading.Thread(target=follow)
         reader.start()
-        time.sleep(0.8)  # idle: heartbeats
+        # idle: heartbeats
+        wait_until(lambda: any(m.get("comment") == "heartbeat" for m in received), what="a heartbeat on the idle stream")
         for step in range(1, 21):
             writer.emit("metric", step=step, loss=1.0 / step)
         writer.emit("sample", step=20, path="samples/step_0000020.png", labels=[1])
         writer.emit("error", kind="ValueError", message="ValueError: something")
         writer.emit("end", status="failed", step=20, reason="ValueError: something")
-        reader.join(timeout=10)
+        reader.join(timeout=PATIENCE_S)
         engine.dispose()
     assert not reader.is_alive(), "the stream did not close after end"
     events = [m for m in received if "event" in m]
@@ -98,7 +102,7 @@ def test_live_events_arrive_in_order_with_heartbeats_and_the_stream_ends_at_end(
 
 
 def test_a_queued_runs_stream_says_so_at_once_and_reconnecting_repeats_no_event(settings):
-    with live_server(settings) as base, httpx.Client(base_url=base, timeout=10) as http:
+    with live_server(settings) as base, httpx.Client(base_url=base, timeout=PATIENCE_S) as http:
         http.post("/api/runs", json={})
         run = http.post("/api/runs", json={}).json()  # no worker slots: both wait, this one second
         received, first_message = [], threading.Event()
@@ -114,13 +118,13 @@ def test_a_queued_runs_stream_says_so_at_once_and_reconnecting_repeats_no_event(
 
         reader = threading.Thread(target=follow)
         reader.start()
-        assert first_message.wait(timeout=60), "the stream of a queued run sent nothing"
+        assert first_message.wait(timeout=PATIENCE_S), "the stream of a queued run sent nothing"
         now = received[0]
         assert now["event"] == "status" and "id" not in now  # before any event was stored
         assert now["data"]["status"] == "queued" and now["data"]["queue_position"] == 2 and now["data"]["current"]
         assert "number 2 in the queue" in now["data"]["message"]
         http.post(f"{run['url']}/cancel")  # its end event comes live, and closes the stream
-        reader.join(timeout=60)
+        reader.join(timeout=PATIENCE_S)
         assert not reader.is_alive(), "the stream did not close after end"
         assert [m["event"] for m in received] == ["status", "end"]
         end_id = received[1]["id"]

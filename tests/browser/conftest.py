@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.utils.waiting import wait_until
+from tests.utils.waiting import PATIENCE_MS, PATIENCE_S, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -31,7 +31,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _get(url: str, timeout: float = 5) -> bytes:
+def _get(url: str, timeout: float = PATIENCE_S) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return response.read()
 
@@ -43,7 +43,7 @@ def _cancel_live_runs(base: str) -> None:
         for run in runs:
             if run["status"] in ("queued", "running"):
                 request = urllib.request.Request(f"{base}/api/runs/{run['id']}/cancel", method="POST")
-                urllib.request.urlopen(request, timeout=5).close()
+                urllib.request.urlopen(request, timeout=PATIENCE_S).close()
     except (OSError, ValueError, KeyError):
         pass
 
@@ -65,7 +65,7 @@ def server(tmp_path):
 
     def answers() -> bool:
         assert process.poll() is None, f"the server exited:\n{(tmp_path / 'server.log').read_text()}"
-        return _get(f"{base}/api/runs", timeout=10) is not None
+        return _get(f"{base}/api/runs") is not None
 
     try:
         wait_until(answers, what="the server to answer", interval=0.2, ignore=(urllib.error.URLError, OSError))
@@ -89,11 +89,14 @@ def page(tmp_path):
     """A Chromium page; skipped, with the reason, only where Chromium is not installed."""
     if not CHROMIUM.exists() or shutil.which(str(CHROMIUM)) is None:
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium), as .ci/run does")
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # every wait on the page (an action, an expectation) has the one bound, not Playwright's seconds
+    expect.set_options(timeout=PATIENCE_MS)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=PATIENCE_MS)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.set_default_timeout(PATIENCE_MS)
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.js_errors = errors  # the test asserts the page raised none

@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 from playwright.sync_api import expect
 
-from tests.utils.waiting import PATIENCE_MS
+from tests.utils.waiting import PATIENCE_MS, PATIENCE_S
 
 pytestmark = pytest.mark.slow  # trains the demo for real
 
@@ -78,7 +78,7 @@ def test_layersync_run_from_the_form_to_a_live_chart(page, server):  # page firs
     assert page.evaluate("([raw, w]) => LayerSyncCharts.ema(raw, w)", [raw, weight]) == pytest.approx(debiased_ema(raw, weight))
 
     # the same run, as the REST API tells it
-    with urllib.request.urlopen(f"{server}/api/runs/{run_id}", timeout=5) as response:
+    with urllib.request.urlopen(f"{server}/api/runs/{run_id}", timeout=PATIENCE_S) as response:
         run = json.loads(response.read())
     assert run["status"] == "completed"
     assert run["name"] == "browser 8 → 16"

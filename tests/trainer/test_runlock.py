@@ -5,18 +5,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.utils.factories import SEED_SNIPPET, fast_config, write_config
+from tests.utils.waiting import PATIENCE_S, wait_until
 from trainer.cli import train_main
 from trainer.events import EVENTS_FILE, read_events
 from trainer.runlock import FOLDER_IN_USE_EXIT, RUN_LOCK, FolderLock, LockHeld, is_locked
 
 ROOT = Path(__file__).resolve().parents[2]
-WAIT_SECONDS = 600  # far above any realistic time: the machine may be loaded
 
 
 def contents(folder: Path) -> dict[str, bytes]:
@@ -60,13 +59,14 @@ def test_a_second_real_worker_for_a_training_run_exits_at_once_and_the_first_tra
     first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     try:
-        deadline = time.monotonic() + WAIT_SECONDS
-        while not ((out / EVENTS_FILE).is_file() and any(e["event"] == "checkpoint" for e in read_events(out))):
-            assert first.poll() is None and time.monotonic() < deadline, "the first worker did not reach a checkpoint"
-            time.sleep(0.1)
+        def checkpointed() -> bool:
+            assert first.poll() is None, f"the first worker exited with code {first.returncode}"
+            return (out / EVENTS_FILE).is_file() and any(e["event"] == "checkpoint" for e in read_events(out))
+
+        wait_until(checkpointed, what="the first worker to write a checkpoint", interval=0.1)
         os.killpg(first.pid, signal.SIGSTOP)  # it holds its lock but writes nothing while the second one tries
         before = contents(out)
-        second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=WAIT_SECONDS,
+        second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=PATIENCE_S,
                                 check=False)
         assert second.returncode == FOLDER_IN_USE_EXIT, second.stderr
         assert f"is in use by another worker (pid {first.pid}), which trains this run" in second.stderr
@@ -74,9 +74,12 @@ def test_a_second_real_worker_for_a_training_run_exits_at_once_and_the_first_tra
         assert "training " not in second.stderr  # it stopped before loading anything
         os.killpg(first.pid, signal.SIGCONT)
         seen = len(read_events(out))
-        while len(read_events(out)) == seen:  # the first worker trains on
-            assert first.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
+
+        def trains_on() -> bool:
+            assert first.poll() is None, f"the first worker exited with code {first.returncode}"
+            return len(read_events(out)) > seen
+
+        wait_until(trains_on, what="the first worker to write events again", interval=0.1)
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()

@@ -5,13 +5,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.utils.factories import fast_config, make_tiny_demo_model, write_config
+from tests.utils.waiting import PATIENCE_S, wait_until
 from trainer.capture import Block
 from trainer.config import validate_config
 from trainer.events import read_events
@@ -157,17 +157,18 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_and_cancelled(tmp_path, 
     path = write_config(tmp_path / "run.json", config)
     process = subprocess.Popen([sys.executable, "-m", "trainer", "--config", str(path), "--no-progress"], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if (out / "events.jsonl").exists() and any(e["event"] == "metric" for e in read_events(out)):
-            break
-        time.sleep(0.2)
-    else:
-        process.kill()
-        process.communicate()
-        pytest.fail("the trainer wrote no metric within 120 s")
-    process.send_signal(signal.SIGTERM)
-    process.communicate(timeout=60)
+    def trains() -> bool:
+        assert process.poll() is None, f"the trainer exited: {process.communicate()[1][-2000:]}"
+        return (out / "events.jsonl").exists() and any(e["event"] == "metric" for e in read_events(out))
+
+    try:
+        wait_until(trains, what="the trainer to write a metric", interval=0.2)
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=PATIENCE_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
     assert process.returncode == 130
     events = read_events(out)
     end = events[-1]

@@ -37,12 +37,14 @@ class ServerProcess:
             # one thread per worker: OpenMP threads spin while they wait, which on a busy 2-core machine
             # slows a step from 0.03 s to seconds
             "OMP_NUM_THREADS": "1",
+            # a cancelled worker that a loaded machine slows down still stops by itself, not by SIGKILL
+            "LAYERSYNC_CANCEL_GRACE_SECONDS": str(PATIENCE_S),
             "LAYERSYNC_WORKER_SLOTS": str(worker_slots),
             "LAYERSYNC_MODEL_ROOTS": json.dumps([str(root) for root in model_roots]),
         }
         self.process: subprocess.Popen | None = None
         self.worker_pids: set[int] = set()  # every worker seen, killed in close()
-        self.http = httpx.Client(base_url=self.url, timeout=10)
+        self.http = httpx.Client(base_url=self.url, timeout=PATIENCE_S)
         self.engine = make_engine(f"sqlite:///{data_dir / 'layersync.db'}")  # what the API does not answer
 
     def start(self) -> None:
@@ -61,7 +63,7 @@ class ServerProcess:
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, as when the machine or the OOM killer takes it."""
         self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
+        self.process.wait(timeout=PATIENCE_S)
 
     def run(self, run_id: int) -> dict:
         run = self.http.get(f"/api/runs/{run_id}").json()

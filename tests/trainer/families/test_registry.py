@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.utils.waiting import PATIENCE_S
 from trainer.families import FAMILIES, supported_families
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -66,7 +67,7 @@ for name, family in FAMILIES.items():
 trainer.config.validate_config({{"layersync_enabled": True, "layersync_student_block": 8, "layersync_teacher_block": 16}})
 assert "torch" not in sys.modules, "torch was imported"
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120,
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=PATIENCE_S,
                             check=False)
     assert result.returncode == 0, result.stderr
 
