@@ -34,6 +34,7 @@ from app.forms import (
 )
 from app.lifecycle import LIVE, RESUMABLE, RunStatus
 from app.models import RUN_STATUSES
+from app.pairing import SUFFIX, Variant, offers, variant_config
 from app.runs import (
     NAME_MAX,
     RunNotFound,
@@ -194,13 +195,15 @@ async def new_run_export(request: Request) -> Response:
 
 
 @router.get("/runs/new/from/{run_id}", response_class=HTMLResponse)
-def new_run_from(request: Request, session: SessionDep, run_id: int):
-    """The form filled with an earlier run's config (for a paired run: change one thing, start)."""
+def new_run_from(request: Request, session: SessionDep, run_id: int, variant: Variant = "again"):
+    """The form filled with an earlier run's config: the same again, its baseline (LayerSync off) or
+    with LayerSync on, everything else equal, the seed included (app.pairing)."""
     try:
         run = get_run(session, run_id=run_id)
     except RunNotFound as exc:
         return _not_found(request, exc)
-    return _form(request, values=config_to_values(run.config or {}), errors={}, name=f"{run.name} (again)")
+    config, problems = variant_config(run.config or {}, variant)
+    return _form(request, values=config_to_values(config), errors=problems, name=f"{run.name} ({SUFFIX[variant]})")
 
 
 # --- one run -----------------------------------------------------------------------------------------
@@ -211,6 +214,7 @@ def _run_context(session, run) -> dict:
         **_item(run),
         "queue_position": queue_positions(session).get(run.id) if queued else None,
         "resume_label": resume_offer(run) if run.status in RESUMABLE else None,
+        "new_run_offers": offers(run.id, run.config or {}),
         "run_metrics": RUN_METRICS,
         "chart_metrics": CHART_METRICS,
         "log_lines": log_tail(run.output_dir, LOG_LINES) if run.output_dir else [],
