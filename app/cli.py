@@ -13,6 +13,7 @@ import uvicorn
 from app.datadir import DataDirInUse, check_data_dir
 from app.main import create_app
 from app.settings import Settings
+from app.studycli import study_main
 from trainer.cli import probe_main, train_main
 from trainer.families import FAMILIES
 
@@ -23,6 +24,7 @@ COMMANDS = {
     "train": "train a model (see layersync train --help)",
     "families": "list the model families",
     "probe": "map a model's blocks and suggest a student → teacher pair (see layersync probe --help)",
+    "study": "train paired runs here and report whether LayerSync helped (see layersync study --help)",
 }
 
 
@@ -96,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if argv[0] == "probe":
         return probe_main(argv[1:])
+    if argv[0] == "study":
+        return study_main(argv[1:])
     return train_main(argv[1:])
 
 

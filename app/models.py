@@ -1,4 +1,4 @@
-"""Tables: runs, their metric points (and per-block summaries of them), and their event log."""
+"""Tables: runs, their metric points (and per-block summaries of them), their event log, and studies."""
 
 from copy import copy
 from datetime import datetime, timezone
@@ -136,3 +136,26 @@ class RunEvent(SQLModel, table=True):
     run_id: int = Field(foreign_key="run.id")
     kind: str
     data: str
+
+
+class Study(SQLModel, table=True):
+    """Paired runs: one per (arm, seed), each arm the base config with its overrides (app.studies)."""
+
+    __table_args__ = {"sqlite_autoincrement": True}
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200)
+    config: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))  # the base config, as posted
+    seeds: list[int] = Field(sa_column=Column(JSON, nullable=False))
+    arms: dict[str, dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))  # name → overrides, in order
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class StudyRun(SQLModel, table=True):
+    """A run's place in a study: its arm and seed. A table of its own rather than columns on ``run``: a
+    foreign key added to ``run`` makes SQLite rebuild that table, and the rebuilt table forgets the ids
+    given out to deleted runs (AUTOINCREMENT), which would then be given out again."""
+
+    run_id: int = Field(primary_key=True, foreign_key="run.id")  # a run belongs to one study at most
+    study_id: int = Field(foreign_key="study.id", index=True)
+    arm: str
+    seed: int

@@ -18,10 +18,10 @@ from app.bounds import run_id_in_range
 from app.configs import check_config
 from app.eventlog import file_url, server_event
 from app.lifecycle import RunChanged, RunStateError, RunStatus, check, transition
-from app.models import Metric, MetricBlock, Run, RunEvent, RunPublic, RunsPage
+from app.models import Metric, MetricBlock, Run, RunEvent, RunPublic, RunsPage, StudyRun
 from app.paths import inside
 from app.workers import WORKER_LOG, stop_worker
-from trainer.config import ConfigError, config_to_json
+from trainer.config import ConfigError, TrainConfig, config_to_json
 from trainer.runlock import RUN_LOCK, holder_pid, is_locked
 
 NAME_MAX = 200
@@ -58,13 +58,20 @@ def create_run(
     name = (name or "").strip() or default_name(validated)
     if len(name) > NAME_MAX:
         raise ConfigError([("name", f"the run name is {len(name)} characters long: keep it to {NAME_MAX}")])
+    run = add_run(session, config=validated, name=name, runs_dir=runs_dir)
+    session.commit()
+    session.refresh(run)
+    return run
+
+
+def add_run(session: Session, *, config: TrainConfig, name: str, runs_dir: Path) -> Run:
+    """Add a queued run of a validated config in ``runs_dir/<id>`` to the session, uncommitted (a study
+    commits its runs together)."""
     run = Run(name=name, config={})
     session.add(run)
     session.flush()  # the id names the folder; the row is committed only complete
     run.output_dir = str(Path(runs_dir) / str(run.id))
-    run.config = config_to_json(validated.model_copy(update={"output_dir": run.output_dir}))
-    session.commit()
-    session.refresh(run)
+    run.config = config_to_json(config.model_copy(update={"output_dir": run.output_dir}))
     return run
 
 
@@ -214,7 +221,7 @@ def delete_run(session: Session, *, run_id: int) -> None:
         raise RunStateError(f"run {run_id} is running: cancel it first (POST /api/runs/{run_id}/cancel), then delete it")
     _refuse_while_locked(run, "deleted")
     # the rows that point at the run go first: SQLite enforces the foreign keys (PRAGMA foreign_keys=ON)
-    for table in (Metric, MetricBlock, RunEvent):
+    for table in (Metric, MetricBlock, RunEvent, StudyRun):
         session.exec(delete(table).where(table.run_id == run_id))
     gone = session.exec(delete(Run).where(Run.id == run_id, Run.status != RunStatus.RUNNING)).rowcount
     if not gone:  # the scheduler started it after we looked: keep its rows too

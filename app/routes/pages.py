@@ -50,6 +50,7 @@ from app.runs import (
     resume_run,
     run_id_in_range,
 )
+from app.studies import SEEDS_MAX, StudyProblems, create_study
 from trainer.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,6 +58,8 @@ TEMPLATES_DIR = ROOT / "templates"
 STATIC_DIR = ROOT / "static"  # mounted at /static by app.main
 
 PAGE_SIZE = 50
+STUDY_FIELDS = ("study", "study_seeds")  # the form's "Run as a study" and its number of seeds
+STUDY_SEEDS = 3
 LOG_LINES = 60
 CHART_METRICS = ("loss", "diffusion_loss", "layersync_loss", "layersync_similarity")
 RUN_METRICS = CHART_METRICS + ("val_diffusion_loss",)
@@ -131,9 +134,11 @@ def runs_rows(request: Request, session: SessionDep, page: Page = 1):
 
 # --- new run -----------------------------------------------------------------------------------------
 
-def _form(request: Request, *, values: dict, errors: dict, name: str = "", status_code: int = 200) -> HTMLResponse:
+def _form(request: Request, *, values: dict, errors: dict, name: str = "", status_code: int = 200,
+          study: dict | None = None) -> HTMLResponse:
     context = {
         "sections": SECTIONS, "fields": FORM_FIELDS, "values": values, "errors": errors, "run_name": name,
+        "study": study or {"on": False, "seeds": str(STUDY_SEEDS)}, "seeds_max": SEEDS_MAX,
         "notices": notices_by_field(form_to_config(values)[1]), "family": family_fields(values.get("model_family", "")),
         "defaults": default_values(), "families": family_table(), "name_max": NAME_MAX, "nav": "new",
     }
@@ -142,7 +147,34 @@ def _form(request: Request, *, values: dict, errors: dict, name: str = "", statu
 
 
 async def _posted(request: Request) -> dict[str, str]:
-    return {key: value for key, value in (await request.form()).multi_items() if isinstance(value, str)}
+    """The posted config fields (the "Run as a study" choice is not the config's: see _study_choice)."""
+    return {key: value for key, value in (await request.form()).multi_items()
+            if isinstance(value, str) and key not in STUDY_FIELDS}
+
+
+async def _study_choice(request: Request) -> dict:
+    form = await request.form()
+    return {"on": form.get("study") == "on", "seeds": str(form.get("study_seeds", STUDY_SEEDS)).strip()}
+
+
+def _queue_study(session, settings, *, name: str | None, config: dict, choice: dict) -> str:
+    """The form's study: its default arms, seeds counted up from the form's seed; the study page's URL.
+    Raises ConfigError with each problem under its form field."""
+    count = int(choice["seeds"]) if choice["seeds"].isdigit() else 0
+    if not 2 <= count <= SEEDS_MAX:
+        raise ConfigError([("study_seeds", f"the number of seeds must be a whole number from 2 to {SEEDS_MAX}, got "
+                                           f"{choice['seeds']!r}: 3 or more give an interval worth reading")])
+    first = config.get("seed", 0)
+    seeds = [first + i for i in range(count)] if isinstance(first, int) else [first]
+    try:
+        study = create_study(session, name=name, config=config, seeds=seeds, runs_dir=settings.runs_dir,
+                             model_roots=settings.model_roots)
+    except StudyProblems as exc:  # under the field each names: a config key, the seeds, the name
+        fields = {"seeds": "seed", "name": "name"}
+        raise ConfigError([(fields.get(loc[0]) or (str(loc[-1]) if loc[0] == "arms" and len(loc) > 2 else
+                                                    str(loc[1]) if loc[0] == "config" and len(loc) > 1 else ""), message)
+                           for loc, message in exc.problems]) from None
+    return f"/studies/{study.id}"
 
 
 @router.get("/runs/new", response_class=HTMLResponse)
@@ -154,20 +186,24 @@ def new_run_page(request: Request):
 @router.post("/runs/new", response_class=HTMLResponse)
 async def new_run_submit(request: Request, session: SessionDep):
     """Create a run from the form: 303 to its page, or 422 with the form and a message by each field."""
-    posted = await _posted(request)
+    posted, study = await _posted(request), await _study_choice(request)
     name, config = form_to_config(posted)
     errors: dict[str, str] = {}
+    settings = request.app.state.settings
     try:
         # in a thread: a write may wait for SQLite's lock, and the event loop serves live streams
-        run = await run_in_threadpool(
-            create_run, session, config=config, name=name, runs_dir=request.app.state.settings.runs_dir,
-            model_roots=request.app.state.settings.model_roots,
-        )
+        if study["on"]:
+            url = await run_in_threadpool(_queue_study, session, settings, name=name, config=config, choice=study)
+        else:
+            run = await run_in_threadpool(
+                create_run, session, config=config, name=name, runs_dir=settings.runs_dir,
+                model_roots=settings.model_roots,
+            )
+            url = f"/runs/{run.id}"
     except ConfigError as exc:  # the config's problems, and a name too long (under "name")
         errors = by_field(exc.errors)
     if errors:
-        return _form(request, values=form_values(posted), errors=errors, name=name or "", status_code=422)
-    url = f"/runs/{run.id}"
+        return _form(request, values=form_values(posted), errors=errors, name=name or "", status_code=422, study=study)
     if _is_htmx(request):
         return Response(headers={"HX-Redirect": url})  # a whole new page, not a swap into the form
     return RedirectResponse(url, status_code=303)

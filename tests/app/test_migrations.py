@@ -16,6 +16,7 @@ from app.migrations import FIRST_REVISION, alembic_config
 from app.models import Run
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
+PREVIOUS = ScriptDirectory.from_config(alembic_config()).get_revision(HEAD).down_revision
 
 # The schema as the server of commit 8693924 (the last before migrations) created it, copied from its
 # database's sqlite_master: a frozen copy, so a later change of app/models.py cannot change this test's input.
@@ -173,4 +174,6 @@ def test_the_migrations_render_for_postgresql_without_a_server():
     assert "CREATE TABLE run (" in sql and "id SERIAL NOT NULL" in sql and "config JSON NOT NULL" in sql
     assert "CREATE TABLE metric (" in sql and "FOREIGN KEY(run_id) REFERENCES run (id)" in sql
     assert "AUTOINCREMENT" not in sql and "WITHOUT ROWID" not in sql  # SQLite's options stay SQLite's
-    assert f"INSERT INTO alembic_version (version_num) VALUES ('{HEAD}')" in sql
+    # the newest revision is recorded last: inserted by the first revision when it is the only one, else updated to
+    assert sql.endswith(f"VALUES ('{HEAD}'); COMMIT;") or sql.endswith(f"SET version_num='{HEAD}' WHERE "
+                                                                         f"alembic_version.version_num = '{PREVIOUS}'; COMMIT;")
