@@ -29,6 +29,7 @@ from app.eventlog import append_event, last_seq, server_event
 from app.follower import follow_run
 from app.lifecycle import FINISHED, RunChanged, RunStatus, transition
 from app.models import Run, utcnow
+from app.probes import Probes
 from app.runs import QUEUE_ORDER, log_tail
 from app.settings import Settings
 from app.workers import WORKER_LOG, Workers, slot_devices, start_time, stop_worker, write_config
@@ -55,10 +56,12 @@ class Scheduler:
         self._cancel_seen: dict[int, CancelSeen] = {}  # run id → how its cancel has gone so far
         self._killed: set[int] = set()  # runs whose worker was killed after the grace period
         self.workers = Workers()  # the workers this server started
+        self.probes = Probes(settings.data_dir / "probes", self.command, self.workers, len(self.devices))
 
     def tick(self) -> bool:
         """One pass: reap exited workers, settle ended ones, then fill free slots. True when it added events."""
         self.workers.reap()
+        self.probes.settle()
         return any([self._settle_ended_workers(), self._start_queued()])
 
     def _settle_ended_workers(self) -> bool:
@@ -155,6 +158,7 @@ class Scheduler:
     def _free_devices(self, session: Session) -> list[str]:
         busy = Counter(session.exec(select(Run.slot).where(Run.status == RunStatus.RUNNING)))
         busy.update(self._exiting_slots(session))
+        busy.update(self.probes.busy_slots())
         return list((Counter(self.devices) - busy).elements())
 
     def _exiting_slots(self, session: Session) -> list[str]:
@@ -170,6 +174,7 @@ class Scheduler:
         started = False
         with Session(self.engine) as session:
             free = self._free_devices(session)
+            self.probes.start(free)  # first: a probe holds its slot for minutes, a run for hours
             while free:
                 run = session.exec(select(Run).where(Run.status == RunStatus.QUEUED).order_by(*QUEUE_ORDER)).first()
                 if run is None:

@@ -193,12 +193,12 @@ def _print_summary(output_dir: str) -> None:
 
 
 PROBE_RESULT, PROBE_ERROR = "probe.json", "probe-error.json"  # what a probe writes into its --output-dir
+# a probe's default sizes: 4 × 4 forwards, seconds on a CPU for the demo, and enough to average the map
+DEFAULT_BATCHES, DEFAULT_BATCH_SIZE, DEFAULT_NOISE_LEVELS = 4, 8, 4
 SHADES = " .:-=+*#%@"  # cosine 0 → 1, one character a block pair
 
 
 def build_probe_parser() -> argparse.ArgumentParser:
-    from trainer.probe import DEFAULT_BATCH_SIZE, DEFAULT_BATCHES, DEFAULT_NOISE_LEVELS
-
     parser = argparse.ArgumentParser(
         prog="layersync probe", allow_abbrev=False,
         description="Map the blocks of a run's model on its own data: how alike the blocks' token streams are "

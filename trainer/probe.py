@@ -22,13 +22,13 @@ import torch
 from trainer.blockpair import suggest_pair
 from trainer.blockstats import relative_update, token_cosine
 from trainer.capture import HiddenStateCapture
+from trainer.cli import DEFAULT_BATCH_SIZE, DEFAULT_BATCHES, DEFAULT_NOISE_LEVELS
 from trainer.config import TrainConfig
 from trainer.models import implementation
 from trainer.objectives import objective_for
 from trainer.setup import pick_device, set_up_precision
 
 PROBE_SEED = 0  # the probe's batches and noise: the same map for the same model and data
-DEFAULT_BATCHES, DEFAULT_BATCH_SIZE, DEFAULT_NOISE_LEVELS = 4, 8, 4
 
 
 def _first_input(args: tuple, kwargs: dict) -> torch.Tensor | None:

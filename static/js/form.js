@@ -155,8 +155,23 @@
       applyLayerSync();
     }
   });
+  // The block map's pair (its suggestion, or a cell of its heatmap) into Student and Teacher, with
+  // LayerSync on; the live checks then judge the pair as they judge any typed one.
+  function fillPair(source) {
+    const f = form();
+    if (!f) return;
+    const enabled = input(f, "layersync_enabled");
+    if (enabled) enabled.checked = true;
+    applyLayerSync();
+    setValue(input(f, "layersync_student_block"), source.dataset.student);
+    setValue(input(f, "layersync_teacher_block"), source.dataset.teacher);
+    f.dispatchEvent(new Event("change", { bubbles: true }));
+  }
+
   document.addEventListener("click", function (event) {
     if (event.target.id === "export-config") exportConfig();
+    const pair = event.target.closest && event.target.closest(".fill-pair");
+    if (pair) fillPair(pair);
   });
   // After htmx brings the form back with messages: restore the LayerSync state and move focus to
   // the list of problems, so keyboard and screen-reader users hear what to fix.
