@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 from app.configs import check_config
 from app.lifecycle import FINISHED, LIVE, RunStatus
 from app.models import SQL_INT_MAX, Metric, MetricBlock, Run, Study, StudyRun
-from app.report import DEFAULT_METRIC, RunPoints, and_words, arm_curves, effect_report
+from app.report import DEFAULT_METRIC, NOT_METRICS, RunPoints, and_words, arm_curves, effect_report
 from app.runs import NotFound, add_run, default_name
 from trainer.config import ConfigError, TrainConfig, validate_config
 
@@ -205,8 +205,9 @@ class MetricNotLogged(ValueError):
 
 
 def logged_metrics(session: Session, run_ids: list[int]) -> list[str]:
+    """The measures the runs log, to report on (not the learning rate nor the step time)."""
     query = select(MetricBlock.name).where(MetricBlock.run_id.in_(run_ids)).distinct().order_by(MetricBlock.name)
-    return list(session.exec(query)) if run_ids else []
+    return [name for name in session.exec(query) if name not in NOT_METRICS] if run_ids else []
 
 
 def study_points(session: Session, study: Study, metric: str) -> list[RunPoints]:

@@ -79,6 +79,7 @@ def test_the_report_appears_once_a_seed_has_all_its_arms_completed(client):
     assert client.get(study["url"]).json()["report"] is None  # its baseline has not finished
     finish(client, {ids["baseline", 0]: 0.32, ids["layersync", 1]: 0.31, ids["baseline", 1]: 0.34})
     finish(client, {ids["layersync", 2]: 0.5}, status="failed")
+    finish(client, {ids["layersync", 2]: 1e-4}, status="failed", metric="lr")  # no measure to report on
     answer = client.get(study["url"]).json()
     assert answer["status"] == "running" and answer["metrics"] == ["val_diffusion_loss"]
     report = answer["report"]
