@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from app.report import DEFAULT_METRIC, RunPoints, effect_report, metrics_in_events, points_from_events
-from app.studies import DEFAULT_ARMS, StudyProblems, baseline_arm, check_study
+from app.studies import DEFAULT_ARMS, baseline_arm, check_study
 from trainer.config import ConfigError, config_to_json, read_config_file, validate_config
 from trainer.events import EVENTS_FILE, read_events
 
@@ -42,9 +42,8 @@ def study_main(argv: list[str]) -> int:
         checked = check_study(config=config, seeds=seeds, arms=arms, validate=validate_config)
     except (ConfigError, OSError, json.JSONDecodeError) as exc:
         print("error: invalid study", file=sys.stderr)
-        lines = [message for _, message in exc.problems] if isinstance(exc, StudyProblems) else (
-            exc.lines() if isinstance(exc, ConfigError) else [str(exc)])
-        for line in lines:
+        # a study's problems as "where: what", e.g. "arms.weak.layersync_lambda: arm weak: LayerSync weight must be > 0 …"
+        for line in exc.lines() if isinstance(exc, ConfigError) else [str(exc)]:
             print(f"  {line}", file=sys.stderr)
         return 2
     for warning in warnings:

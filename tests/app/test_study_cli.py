@@ -58,3 +58,15 @@ def test_the_cli_trains_every_arm_and_prints_the_report_from_the_events_files(st
     assert report["differences"][1]["mean"] == 0  # off-again trained exactly as the baseline
     assert sorted(p.name for p in folder.iterdir()) == ["baseline-seed7", "configs", "layersync-seed7", "off-again-seed7",
                                                         "report.json", "study.json"]
+
+
+def test_a_bad_study_trains_nothing_and_says_every_problem_naming_its_arm(tmp_path, capsys):
+    write_config(tmp_path / "run.json", {"max_train_steps": 0})
+    (tmp_path / "arms.json").write_text(json.dumps({"weak": {"layersync_enabled": True}, "baseline": {}}))
+    code = main(["study", "--config", str(tmp_path / "run.json"), "--seeds", "0,x", "--arms", str(tmp_path / "arms.json"),
+                 "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and not (tmp_path / "out").exists()
+    assert "  seeds.1: seed 'x': must be a whole number, got 'x'\n" in err
+    assert "  config.max_train_steps: arms weak and baseline: must be at least 1, got 0\n" in err
+    assert "  arms.weak.layersync_student_block: arm weak: LayerSync is enabled but no student block is set" in err
