@@ -21,6 +21,9 @@ def check_map(result: dict, depth: int) -> None:
     for i in range(depth):
         assert cosine[i][i] == pytest.approx(1.0, abs=1e-5)
         for j in range(depth):
+            if cosine[i][j] is None:  # blocks of different shapes, both ways
+                assert cosine[j][i] is None
+                continue
             assert cosine[i][j] == pytest.approx(cosine[j][i], abs=1e-6)
             assert -1.0 - 1e-5 <= cosine[i][j] <= 1.0 + 1e-5
     assert len(result["update"]) == depth
@@ -66,3 +69,31 @@ def test_a_flux_map_across_its_double_and_single_blocks(tmp_path):
     check_map(result, 4)
     assert all(value is not None for row in result["cosine"] for value in row)
     assert all(value is not None and value > 0 for value in result["update"])
+
+
+def test_a_unet_map_leaves_pairs_across_its_levels_undefined(tmp_path):
+    from diffusers import EulerDiscreteScheduler
+
+    from tests.trainer.families.test_sdxl import LEVEL_0
+    from tests.trainer.families.tiny_unet import TEXT_DIM, tiny_unet
+    from trainer.models import sdxl
+
+    # the probe reads the UNet and the scheduler's noise schedule; the data comes encoded
+    model_dir = tmp_path / "sdxl"
+    tiny_unet().save_pretrained(model_dir / "unet")
+    EulerDiscreteScheduler(**sdxl.STANDARD_SCHEDULER).save_pretrained(model_dir / "scheduler")
+    cond = {"prompt_embeds": torch.randn(4, 77, TEXT_DIM), "pooled_prompt_embeds": torch.randn(4, 32),
+            "add_time_ids": torch.tensor([[16.0, 16, 0, 0, 16, 16]]).repeat(4, 1)}
+    data = write_encoded_dataset(tmp_path / "encoded", torch.randn(4, 4, 8, 8), cond, family="sdxl")
+    config = validate_config({"model_family": "sdxl", "pretrained_model_name_or_path": str(model_dir),
+                              "instance_data_dir": str(data), "resolution": 64})
+    with torch.backends.mkldnn.flags(enabled=False):  # plain convolutions: oneDNN's are far slower at this size
+        result = probe(config, **TINY)
+    check_map(result, 11)
+    for i in range(1, 12):
+        for j in range(1, 12):
+            assert (result["cosine"][i - 1][j - 1] is None) == ((i in LEVEL_0) != (j in LEVEL_0)), (i, j)
+    # a block whose input sits at another level has no update: blocks 2 (level 0 → 1) and 10 (1 → 0)
+    assert [i + 1 for i, value in enumerate(result["update"]) if value is None] == [2, 10]
+    student, teacher = result["suggested"]["student"], result["suggested"]["teacher"]
+    assert (student in LEVEL_0) == (teacher in LEVEL_0)
