@@ -10,6 +10,7 @@ they hold as busy.
 
 import json
 import secrets
+import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from trainer.cli import PROBE_ERROR, PROBE_RESULT
 
 JOB_FILE = "job.json"  # the worker's pid, its start time and its slot, so a restarted server knows it
 REASON_LINES = 20
+PROBES_KEPT = 100  # the newest finished probes' folders kept; older ones go as new probes come
 ID_PATTERN = r"^[0-9a-f]{12}$"
 
 
@@ -61,12 +63,26 @@ class Probes:
         if self.slots == 0:
             raise NoSlots("this server has no worker slots (worker_slots is 0), so nothing can map the blocks here: "
                           "start the server with a worker slot, or run `layersync probe --config FILE` on a machine with torch")
+        self._prune()
         probe = Probe(id=secrets.token_hex(6), folder=Path(), args=list(args))
         probe.folder = self.folder / probe.id
         write_config(probe.folder, dict(config, output_dir=str(probe.folder)))
         with self._lock:
             self._jobs[probe.id] = probe
         return probe
+
+    def _prune(self) -> None:
+        """Remove the folders of all but the newest PROBES_KEPT probes; a probe that waits or runs keeps its own."""
+        if not self.folder.is_dir():
+            return
+        with self._lock:
+            live = {probe_id for probe_id, probe in self._jobs.items() if probe.status in ("queued", "running")}
+        folders = sorted((p for p in self.folder.iterdir() if p.is_dir() and p.name not in live),
+                         key=lambda p: p.stat().st_mtime, reverse=True)
+        for folder in folders[PROBES_KEPT:]:
+            shutil.rmtree(folder, ignore_errors=True)
+            with self._lock:
+                self._jobs.pop(folder.name, None)
 
     def get(self, probe_id: str) -> Probe:
         with self._lock:

@@ -122,3 +122,23 @@ def test_without_worker_slots_a_probe_says_it_cannot_start(tmp_path):
         answer = client.post("/api/probes", json={})
         assert answer.status_code == 409 and "no worker slots" in answer.json()["detail"]
         assert "no worker slots" in client.post("/runs/new/probe", data={}).text
+
+
+def test_only_the_newest_finished_probes_keep_their_folders(client, monkeypatch):
+    monkeypatch.setattr("app.probes.PROBES_KEPT", 2)
+    probes_dir = client.app.state.settings.data_dir / "probes"
+    for age, name in enumerate(["00000000000a", "00000000000b", "00000000000c"]):
+        folder = probes_dir / name
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+        (folder / PROBE_RESULT).write_text('{"depth": 0}')
+        os.utime(folder, (1_000_000 - age, 1_000_000 - age))  # a is the newest
+    live = client.post("/api/probes", json={}).json()["id"]
+    assert sorted(p.name for p in probes_dir.iterdir()) == sorted(["00000000000a", "00000000000b", live])
+    assert client.get("/api/probes/00000000000c").status_code == 404
+    assert client.get("/api/probes/00000000000a").json()["status"] == "done"
+
+
+def test_the_new_run_form_offers_to_map_the_blocks(client):
+    page = client.get("/runs/new").text
+    assert 'hx-post="/runs/new/probe"' in page and 'id="block-map"' in page
