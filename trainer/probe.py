@@ -7,8 +7,9 @@ selector (the tokens LayerSync would compare), and the probe reports
 - ``cosine[i][j]``: the per-token cosine of blocks i and j, averaged over the batches and levels;
   None where the two streams differ in shape (a UNet's levels), since LayerSync cannot pair them;
 - ``update[i]``: block i's relative update ‖h_out − h_in‖ / ‖h_in‖, with h_in the stream the block
-  before it gave. Block 1's input is the tokens the model hands its first block (its first tensor
-  argument, or ``hidden_states``), taken when it has the stream's shape; None where it has not, and
+  before it gave. Block 1's input is the tokens the model hands its first block (its
+  ``hidden_states`` argument, else its first positional one), taken when it has the stream's shape
+  (the embedded patches, for the demo); None where it has not, and
   where two consecutive blocks' streams differ in shape;
 - ``suggested``: the pair trainer.blockpair suggests among the pairs the map can compare.
 
