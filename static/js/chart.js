@@ -12,6 +12,11 @@
     layersync_loss: "layersync_loss", layersync_similarity: "similarity",
   };
 
+  // A line with fewer points than this is drawn as its points, unsmoothed: an average over a handful of
+  // evaluations (a validation every few hundred steps) lags so far behind that its last value is not
+  // the last measured one, and on a chart the last value is what a reader compares.
+  const SPARSE_POINTS = 20;
+
   // TensorBoard's debiased EMA: last = last·w + (1−w)·x, and the i-th smoothed value is
   // last / (1 − w^i), which removes the pull toward the zero the average starts from.
   // Gaps (null) stay gaps and do not count as a step of the average.
@@ -27,6 +32,15 @@
       out[i] = last / (1 - Math.pow(weight, count));
     }
     return out;
+  }
+
+  function countPoints(values) {
+    return values.reduce(function (n, v) { return v == null || !Number.isFinite(v) ? n : n + 1; }, 0);
+  }
+
+  // What the strong line of a series shows: its smoothed values, or the values themselves when sparse.
+  function drawn(values, weight) {
+    return countPoints(values) < SPARSE_POINTS ? values.slice() : ema(values, weight);
   }
 
   // Several {steps, values} series → one shared, sorted step axis with null where a series has no point.
@@ -54,7 +68,8 @@
   }
 
   // A line plot of several series over steps, each drawn raw (faint) and smoothed (strong) as in
-  // TensorBoard. lines: [{key, label, scale}]; the key names the line in data-count-<key>, which the
+  // TensorBoard (a sparse series: its points, unsmoothed). lines: [{key, label, scale, axis}], axis the
+  // y axis's name (default: the labels of the lines on that scale); the key names the line in data-count-<key>, which the
   // browser test reads. Redraws are batched to one per animation frame, so a burst of replayed
   // events costs one render.
   function LinePlot(el, lines) {
@@ -96,9 +111,7 @@
     return true;
   };
 
-  LinePlot.prototype.count = function (k) {
-    return this.raw[k].reduce(function (n, v) { return v == null ? n : n + 1; }, 0);
-  };
+  LinePlot.prototype.count = function (k) { return countPoints(this.raw[k]); };
 
   LinePlot.prototype.setSmoothing = function (weight) { this.weight = weight; this.draw(); };
   LinePlot.prototype.setShown = function (k, on) {
@@ -124,7 +137,7 @@
       let raw = self.raw[k];
       // a log axis cannot show values ≤ 0: leave them out instead of breaking the scale
       if (self.log && line.scale === self.logScale) raw = raw.map(function (v) { return v != null && v > 0 ? v : null; });
-      data.push(raw, ema(raw, self.weight));
+      data.push(raw, drawn(raw, self.weight));
     });
     return data;
   };
@@ -141,13 +154,18 @@
         scales[line.scale] = isLog ? { distr: 3, log: 10 } : { auto: true };
         const first = axes.length === 1;
         // the first scale is the left axis with the grid; the others sit on the right in their line's colour
-        axes.push({ scale: line.scale, label: line.scale, side: first ? 3 : 1, stroke: first ? "#1f2328" : color,
+        const named = self.lines.filter(function (other) { return other.scale === line.scale; });
+        const label = line.axis || named.map(function (other) { return other.label; }).join(", ");
+        axes.push({ scale: line.scale, label: label, side: first ? 3 : 1, stroke: first ? "#1f2328" : color,
           grid: { show: first }, size: 60 });
       }
       series.push({ label: line.label + " (raw)", scale: line.scale, stroke: color + "44", width: 1, spanGaps: true, show: self.shown[k] });
       series.push({ label: line.label, scale: line.scale, stroke: color, width: 2, spanGaps: true, show: self.shown[k],
+        points: { show: function () { return self.count(k) < SPARSE_POINTS; }, size: 7, fill: color },
         value: function (u, v) { return v == null ? "—" : v.toPrecision(4); } });
     });
+    // uPlot draws the axes on its canvas: their names are also on the element (the browser test reads them)
+    this.el.setAttribute("data-axes", axes.map(function (axis) { return axis.label; }).join(" | "));
     return Object.assign(this.size(), { scales: scales, axes: axes, series: series, legend: { live: true } });
   };
 
@@ -192,7 +210,7 @@
     });
   }
 
-  window.LayerSyncCharts = { ema: ema, alignSeries: alignSeries, fetchMetrics: fetchMetrics, LinePlot: LinePlot,
+  window.LayerSyncCharts = { ema: ema, drawn: drawn, SPARSE_POINTS: SPARSE_POINTS, alignSeries: alignSeries, fetchMetrics: fetchMetrics, LinePlot: LinePlot,
     bindControls: bindControls, SCALES: SCALES };
 
   // --- the run page -------------------------------------------------------------------------------

@@ -11,7 +11,7 @@
     const status = document.getElementById("chart-status");
     const scale = charts.SCALES[metric] || metric;
     const plot = new charts.LinePlot(el, runs.map(function (run) {
-      return { key: "run-" + run.id, label: run.label, scale: scale };
+      return { key: "run-" + run.id, label: run.label, scale: scale, axis: metric }; // the lines are runs: name the metric
     }));
     charts.bindControls(plot, el.closest(".chart-card"));
     status.textContent = "Loading…";
