@@ -63,7 +63,8 @@ STUDY_SEEDS = 3
 LOG_LINES = 60
 CHART_METRICS = ("loss", "diffusion_loss", "layersync_loss", "layersync_similarity")
 RUN_METRICS = CHART_METRICS + ("val_diffusion_loss",)
-COMPARE_METRICS = ("diffusion_loss", "val_diffusion_loss", "loss", "layersync_loss", "layersync_similarity")
+COMPARE_METRICS = ("diffusion_loss", "val_diffusion_loss", "sample_accuracy", "loss", "layersync_loss",
+                   "layersync_similarity")  # sample_accuracy: the demo's samples read by a digit classifier
 
 
 def _num(value) -> str:

@@ -9,7 +9,7 @@
   // they are tiny beside the flow loss (layersync_loss is about -0.2, the similarity close to 1).
   const SCALES = {
     loss: "loss", diffusion_loss: "loss", val_diffusion_loss: "loss",
-    layersync_loss: "layersync_loss", layersync_similarity: "similarity",
+    layersync_loss: "layersync_loss", layersync_similarity: "similarity", sample_accuracy: "accuracy",
   };
 
   // A line with fewer points than this is drawn as its points, unsmoothed: an average over a handful of
