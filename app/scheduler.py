@@ -176,7 +176,7 @@ class Scheduler:
             free = self._free_devices(session)
             self.probes.start(free)  # first: a probe holds its slot for minutes, a run for hours
             while free:
-                run = session.exec(select(Run).where(Run.status == RunStatus.QUEUED).order_by(*QUEUE_ORDER)).first()
+                run = _next_queued(session)
                 if run is None:
                     break
                 run_id, device = run.id, free[0]
@@ -250,6 +250,18 @@ class Scheduler:
             except Exception:  # noqa: BLE001 - one bad tick (a locked database, a full disk) must not stop scheduling
                 log.exception("scheduling runs failed; retrying")
             await asyncio.sleep(TICK_SECONDS)
+
+
+def _next_queued(session: Session) -> Run | None:
+    """The oldest queued run, for the caller to claim (transition to running, expecting queued) and commit.
+
+    Several servers may share one PostgreSQL database: FOR UPDATE SKIP LOCKED locks the row until the
+    claim commits, and a second server's scheduler passes over it to the next queued run instead of
+    waiting on it. SQLite renders no FOR UPDATE; there the claim's conditional update is what decides:
+    of two writers (a single writer at a time) the second matches no queued row and is told RunChanged.
+    Either way a queued run is launched once."""
+    query = select(Run).where(Run.status == RunStatus.QUEUED).order_by(*QUEUE_ORDER).limit(1)
+    return session.exec(query.with_for_update(skip_locked=True)).first()
 
 
 def _where(device: str) -> str:
