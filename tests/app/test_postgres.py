@@ -203,3 +203,16 @@ def test_two_servers_on_one_database_launch_each_queued_run_once(tmp_path, share
         claims = [m for run_id, m in messages if run_id == run["id"] and m.startswith("starting a worker on")]
         launches = [m for run_id, m in messages if run_id == run["id"] and m.startswith("worker started")]
         assert len(claims) == len(launches) == 1, f"run {run['id']} was claimed {len(claims)}×, launched {len(launches)}×"
+
+
+def test_servers_on_a_postgresql_database_may_share_a_data_dir_and_on_sqlite_may_not(tmp_path):
+    from app.datadir import DataDirInUse, hold_data_dir
+    from app.settings import Settings
+
+    postgres = Settings(data_dir=tmp_path / "data", database_url="postgresql://layersync@db/layersync")
+    with hold_data_dir(postgres), hold_data_dir(postgres):
+        assert not (tmp_path / "data" / "server.lock").exists()
+    sqlite = Settings(data_dir=tmp_path / "data", database_url=None)
+    with hold_data_dir(sqlite), pytest.raises(DataDirInUse):
+        with hold_data_dir(sqlite):
+            pass
