@@ -160,7 +160,7 @@ def run_load(clients: int, rate: float, seconds: float, postgres: str | None = N
         server = start_server(Path(tmp), port, command, database_url=database_url)
         try:
             run = request(f"http://127.0.0.1:{port}/api/runs", "POST", b"{}")
-            go = Path(run["output_dir"]) / "go"
+            go = Path(tmp) / "runs" / str(run["id"]) / "go"  # the run's folder (the API does not answer it)
             delays = asyncio.run(load(port, run["id"], clients, go))
         finally:
             server.terminate()

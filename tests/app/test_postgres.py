@@ -216,3 +216,13 @@ def test_servers_on_a_postgresql_database_may_share_a_data_dir_and_on_sqlite_may
     with hold_data_dir(sqlite), pytest.raises(DataDirInUse):
         with hold_data_dir(sqlite):
             pass
+
+
+@needs_postgres
+def test_the_migrated_postgresql_schema_is_the_models_schema(engine):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    with engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), SQLModel.metadata) == []
