@@ -14,6 +14,9 @@ appends events first takes EVENTS_LOCK (a transaction-level advisory lock, held 
 rollback): the writers of events take their seqs one transaction after another, as on SQLite. Other
 writes (metric points, the follower's offset, a cancel's flag) are not held up by it; appending events
 is short, and one server's follower already stores a whole chunk of lines in one transaction.
+Every writer locks the run's row first (its conditional update: a move, the follower's offset claim)
+and appends the run's events after: a transaction that took the lock and then waited for another
+run's row could deadlock with that run's writer (PostgreSQL would then abort one of the two).
 """
 
 import json

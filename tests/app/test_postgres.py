@@ -153,7 +153,8 @@ def _waiting_on_a_lock(engine, postgres: bool) -> bool:
     if not postgres:
         return True
     with engine.connect() as connection:
-        return bool(connection.exec_driver_sql("SELECT count(*) FROM pg_locks WHERE NOT granted").scalar())
+        return bool(connection.exec_driver_sql("SELECT count(*) FROM pg_locks WHERE NOT granted AND database = "
+                                               "(SELECT oid FROM pg_database WHERE datname = current_database())").scalar())
 
 
 def test_two_schedulers_claiming_at_once_take_different_runs(engine, tmp_path):
