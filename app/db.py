@@ -55,10 +55,6 @@ def postgres_url(url: str) -> URL | None:
     return parsed.set(drivername=f"postgresql+{driver or 'psycopg'}")
 
 
-def is_postgres(engine: Engine) -> bool:
-    return engine.dialect.name == "postgresql"
-
-
 def _server_engine(url: str) -> Engine:
     postgres = postgres_url(url)
     if postgres is None:  # another server database SQLAlchemy knows: as it comes, untested here
@@ -66,8 +62,8 @@ def _server_engine(url: str) -> Engine:
     if postgres.drivername == "postgresql+psycopg" and importlib.util.find_spec("psycopg") is None:
         raise ValueError(f"the database URL {postgres.render_as_string(hide_password=True)} is a PostgreSQL one, and its "
                          "driver psycopg 3 is not installed: pip install 'layersync-studio[postgres]' (or psycopg[binary])")
-    # timezone UTC: the columns are timestamps without a zone that hold UTC (as SQLite's do); a session in
-    # another zone would convert the aware datetimes we write into its own local time
+    # timezone UTC: times come back in UTC, as written; and before revision 0003 the columns were timestamps
+    # without a zone, into which a session in another zone would convert the aware datetimes we write
     return create_engine(postgres, pool_pre_ping=True, pool_size=20, max_overflow=40,
                          connect_args={"options": "-c timezone=UTC"})
 
