@@ -33,27 +33,44 @@ router = APIRouter(include_in_schema=False)
 LOG_LINES = 60
 
 
-def _run_context(session, run, request: Request | None = None) -> dict:
-    queued = run.status == RunStatus.QUEUED
-    query = request.query_params if request is not None else {}
+# what each view reads beyond the status card's facts: a card refreshed every few seconds reads only its own
+PARTS = {
+    "run.html": ("progress", "samples", "checkpoints", "log"),
+    "partials/run_status.html": ("progress",),
+    "partials/run_sample.html": ("samples",),
+    "partials/run_checkpoints.html": ("checkpoints",),
+    "partials/run_log.html": ("log",),
+}
+
+
+def _samples_context(session, run, request: Request) -> dict:
     samples = run_samples(session, run)
-    index = chosen_sample(samples, query.get("sample"), query.get("newest"))
-    return {
+    index = chosen_sample(samples, request.query_params.get("sample"), request.query_params.get("newest"))
+    sample = samples[index] if index is not None else None
+    return {"samples": samples, "sample_index": index, "sample": sample,
+            "sample_layout": layout_words(run.config or {}, len(sample["prompts"]) if sample else 0)}
+
+
+def _run_context(session, run, request: Request, parts=PARTS["run.html"]) -> dict:
+    queued = run.status == RunStatus.QUEUED
+    context = {
         **_item(run),
         "queue_position": queue_positions(session).get(run.id) if queued else None,
         "resume_label": resume_offer(run) if run.status in RESUMABLE else None,
         "new_run_offers": offers(run.id, run.config or {}),
         "run_metrics": RUN_METRICS,
         "chart_metrics": RUN_METRICS,  # the validation loss too: drawn as its points (few, unsmoothed)
-        "log_lines": log_tail(run.output_dir, LOG_LINES) if run.output_dir else [],
-        "samples": samples,
-        "sample_index": index,
-        "sample": samples[index] if index is not None else None,
-        "sample_layout": layout_words(run.config or {}, len(samples[index]["prompts"]) if index is not None else 0),
-        "progress": run_progress(session, run),
-        "checkpoints": run_checkpoints(run.id, run.output_dir),
         "deletable": run.status in RESUMABLE or run.status == RunStatus.COMPLETED,
     }
+    if "progress" in parts:
+        context["progress"] = run_progress(session, run)
+    if "samples" in parts:
+        context.update(_samples_context(session, run, request))
+    if "checkpoints" in parts:
+        context["checkpoints"] = run_checkpoints(run.id, run.output_dir)
+    if "log" in parts:
+        context["log_lines"] = log_tail(run.output_dir, LOG_LINES) if run.output_dir else []
+    return context
 
 
 def _run_view(request: Request, session, run_id: int, template: str, status_code: int = 200, **extra) -> HTMLResponse:
@@ -62,7 +79,8 @@ def _run_view(request: Request, session, run_id: int, template: str, status_code
         run = get_run(session, run_id=run_id)
     except RunNotFound as exc:
         return _not_found(request, exc)
-    return _render(request, template, status_code=status_code, **_run_context(session, run, request), **extra)
+    context = _run_context(session, run, request, PARTS[template])
+    return _render(request, template, status_code=status_code, **context, **extra)
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
