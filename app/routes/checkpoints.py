@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from app import downloads, errors
 from app.routes.api import RunDep
 
-router = APIRouter(prefix="/api", tags=["api"])
+router = APIRouter(prefix="/api", tags=["api"], responses=errors.INVALID)
 
 # a checkpoint's name as listed (step_0000100, final); anything longer names none
 CheckpointName = Annotated[str, Path(max_length=64, description="The checkpoint's name as listed, e.g. step_0000100 or final.")]
