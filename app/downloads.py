@@ -109,14 +109,7 @@ def tar_chunks(members: list[tuple[tarfile.TarInfo, Path | None]]) -> Iterator[b
         written += len(header)
         if path is None:
             continue
-        left = info.size
-        with open(path, "rb") as file:
-            while left:
-                chunk = file.read(min(CHUNK, left))
-                if not chunk:
-                    raise OSError(f"{path} became shorter while it was sent: download the checkpoint again")
-                left -= len(chunk)
-                yield chunk
+        yield from file_chunks(path, info.size)
         pad = _padding(info.size, BLOCK)
         written += info.size + pad
         if pad:

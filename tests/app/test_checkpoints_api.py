@@ -199,3 +199,12 @@ def test_a_run_folder_that_is_a_symlink_outward_serves_nothing_outside(client, t
     # the run's folder itself is the server's to choose; its contents are served from where it resolves
     listed = client.get(f"/api/runs/{run_id}/checkpoints").json()
     assert [c["name"] for c in listed] == ["step_0000001"]
+
+
+def test_a_file_cut_short_while_it_is_sent_ends_the_stream_with_an_error(tmp_path):
+    run_dir = tmp_path / "run"
+    folder = checkpoint(run_dir, 3)
+    download = downloads.checkpoint_download(7, run_dir, "step_0000003")
+    (folder / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"short")
+    with pytest.raises(OSError, match="became shorter while it was sent"):
+        b"".join(downloads.body(download))
