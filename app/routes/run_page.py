@@ -124,7 +124,7 @@ def run_resume(request: Request, session: SessionDep, run_id: int):
 @router.post("/runs/{run_id}/delete", response_class=HTMLResponse)
 async def run_delete(request: Request, session: SessionDep, run_id: int):
     """Delete a finished run with its folder: asks first without JavaScript (htmx asks with hx-confirm),
-    then 303 to the runs list; the run's page with the reason (409) when it cannot be deleted now."""
+    then 303 to the runs list; when it cannot be deleted now, the reason on its page (409) or its card (htmx)."""
     confirmed = _is_htmx(request) or (await request.form()).get("confirm") == "yes"
     try:
         run = get_run(session, run_id=run_id)
@@ -132,10 +132,11 @@ async def run_delete(request: Request, session: SessionDep, run_id: int):
             await run_in_threadpool(delete_run, session, run_id=run_id)
     except RunNotFound as exc:
         return _not_found(request, exc)
-    except RunStateError as exc:
-        template = "partials/run_status.html" if _is_htmx(request) else "run.html"
-        session.rollback()
-        return _run_view(request, session, run_id, template, status_code=409, nav="runs", since=0, delete_error=str(exc))
+    except RunStateError as exc:  # the card says why (htmx swaps only a 2xx card in: base.html's htmx-config)
+        htmx = _is_htmx(request)
+        template = "partials/run_status.html" if htmx else "run.html"
+        return _run_view(request, session, run_id, template, status_code=200 if htmx else 409, nav="runs", since=0,
+                         delete_error=str(exc))
     if not confirmed:
         return _render(request, "run_delete.html", nav="runs", run=run, checkpoints=run_checkpoints(run.id, run.output_dir))
     if _is_htmx(request):

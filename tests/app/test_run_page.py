@@ -222,8 +222,10 @@ def test_delete_by_htmx_and_a_running_run_refused_in_words(client):
     run_id, _ = new_run(client)
     training(client, run_id, step=10, step_time=0.1, status="running")
     refused = client.post(f"/runs/{run_id}/delete", headers={"HX-Request": "true"})
-    assert refused.status_code == 409
+    assert refused.status_code == 200 and refused.text.lstrip().startswith("<section id=\"run-status\"")  # the card, swapped in
     assert f"run {run_id} is running: cancel it first" in html.unescape(refused.text)
+    plain = client.post(f"/runs/{run_id}/delete", data={"confirm": "yes"})
+    assert plain.status_code == 409 and "cancel it first" in html.unescape(plain.text)
     assert client.get(f"/api/runs/{run_id}").status_code == 200
     set_state(client, run_id, status="failed")
     gone = client.post(f"/runs/{run_id}/delete", headers={"HX-Request": "true"})
