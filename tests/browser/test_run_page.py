@@ -14,6 +14,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.utils.waiting import PATIENCE_MS, PATIENCE_S
+from trainer.outputs import list_checkpoints
 
 pytestmark = pytest.mark.slow  # trains the demo for real
 
@@ -79,14 +80,16 @@ def test_the_run_page_of_a_real_run(page, server, tmp_path):  # page first: its 
     slider.fill("2")
     expect(figure).to_have_attribute("data-step", "3")
 
-    # checkpoints: listed with their downloads, byte for byte the trainer's files
+    # checkpoints: what the trainer's folder holds (and final/, where the trainer writes one), with downloads
+    on_disk = [c["name"] for c in list_checkpoints(tmp_path / "data" / "runs" / str(run["id"]))]
+    assert on_disk[:2] == ["step_0000002", "step_0000004"]
     rows = page.locator("#run-checkpoints tbody tr")
-    expect(rows).to_have_count(2)
+    expect(rows).to_have_count(len(on_disk))
     expect(rows.nth(0)).to_contain_text("step_0000002")
     href = rows.nth(1).get_by_role("link").get_attribute("href")
     assert href == f"/api/runs/{run['id']}/checkpoints/step_0000004/download"
     listed = json.loads(get(f"{server}/api/runs/{run['id']}/checkpoints"))
-    assert [c["name"] for c in listed] == ["step_0000002", "step_0000004"]
+    assert [c["name"] for c in listed] == on_disk
     assert len(get(server + href)) == listed[1]["size_bytes"]
 
     # delete: asks, then the run is gone
