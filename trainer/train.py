@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from trainer.checkpoint import save_checkpoint
 from trainer.config import ConfigError, TrainConfig, config_to_json
+from trainer.devices import describe as describe_device
 from trainer.ema import EMA
 from trainer.events import EventWriter
 from trainer.models import implementation
@@ -168,7 +169,8 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
     run_config = config_to_json(config)
     n_params = sum(p.numel() for p in model.parameters())
     events.log(f"{config.model_family} model: {len(blocks)} blocks, {n_params / 1e6:.2f}M parameters, on {device}")
-    events.emit("status", status="running", step=start_step, max_train_steps=config.max_train_steps)
+    events.emit("status", status="running", step=start_step, max_train_steps=config.max_train_steps,
+                device=describe_device(device))  # the run page shows the device
 
     bar = None
     if progress:
