@@ -13,6 +13,7 @@ from pathlib import Path
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
 STATE_FILE = "state.json"
+RUN_CONFIG_FILE = "layersync_config.json"  # the run's config in final/ (whose config.json, for a full model, is the model's)
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
 OLD_LORA_WEIGHTS = "lora/adapter_model.safetensors"  # runs from before the diffusers layout
 
@@ -50,3 +51,16 @@ def list_checkpoints(output_dir: str | Path) -> list[dict]:
         found.append({"name": FINAL, "step": step, "kind": checkpoint_kind(final), "path": str(final)})
     # the final weights come after the checkpoint of the same step
     return sorted(found, key=lambda c: (c["step"], c["name"] == FINAL))
+
+
+def run_config_of(folder: str | Path) -> dict:
+    """The whole run config an output folder was trained with: ``config.json`` of a checkpoint,
+    ``layersync_config.json`` of ``final/``. Raises FileNotFoundError / ValueError naming the file."""
+    folder = Path(folder)
+    path = folder / (RUN_CONFIG_FILE if (folder / RUN_CONFIG_FILE).is_file() else "config.json")
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} holds no run config ({RUN_CONFIG_FILE} or config.json): it is not a checkpoint of this trainer")
+    config = json.loads(path.read_text())
+    if not isinstance(config, dict) or "model_family" not in config:
+        raise ValueError(f"{path} is not a run config (no model_family): it is not a checkpoint of this trainer")
+    return config
