@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import trainer.export
 from tests.trainer.test_lora_load import FAMILIES, small_cpu  # noqa: F401 (an autouse fixture)
 from tests.utils.families import train_few_steps, write_encoded_dataset
 from trainer.export import ExportError, export_kohya, export_pipeline
@@ -100,7 +101,7 @@ def test_export_lists_the_runs_weights_and_refuses_what_it_cannot_do(flux_full, 
     assert layersync("export", run, "--fuse-lora").returncode == 2  # --fuse-lora without --pipeline
 
 
-def test_export_pipeline_fuses_a_lora_into_the_transformer(tmp_path):
+def test_export_pipeline_fuses_a_lora_into_the_transformer(tmp_path, monkeypatch):
     from diffusers import DiffusionPipeline
 
     pipe_dir, run, inputs = _train("flux", tmp_path, "lora", model_type="lora", lora_rank=4, lora_alpha=8)
@@ -117,6 +118,13 @@ def test_export_pipeline_fuses_a_lora_into_the_transformer(tmp_path):
     change = (expected - base).abs().max().item()
     assert change > 1e-3
     torch.testing.assert_close(got, expected, atol=change * 1e-3, rtol=1e-4)
+    # the families without a diffusers LoRA loader fuse with peft's merge instead: the same weights
+    monkeypatch.setattr(trainer.export, "lora_loader", lambda config: None)
+    export_pipeline(run, tmp_path / "fused_by_peft", fuse_lora=True, log=lambda *a: None)
+    by_peft = DiffusionPipeline.from_pretrained(tmp_path / "fused_by_peft", local_files_only=True)
+    assert not any("lora" in name for name, _ in by_peft.transformer.named_parameters())
+    torch.testing.assert_close(_output("flux", by_peft.transformer, inputs), expected, atol=change * 1e-3, rtol=1e-4)
+    monkeypatch.undo()
     with pytest.raises(ExportError, match="only for the UNet families"):
         export_kohya(run, tmp_path / "flux_kohya.safetensors")
 

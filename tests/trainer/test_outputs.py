@@ -44,3 +44,16 @@ def test_a_run_without_outputs_lists_nothing(tmp_path):
 def test_the_lister_does_not_import_torch():
     code = "import sys, trainer.outputs; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_every_family_whose_pipeline_has_a_lora_loader_writes_its_layout():
+    """The registry walked: each family's adapters go in its diffusers pipeline's LoRA layout, except the
+    families whose pipeline has no LoRA loader (they keep lora/adapter_model.safetensors)."""
+    from trainer.families import FAMILIES
+    from trainer.lora_format import lora_loader
+
+    without = {name for name, family in FAMILIES.items() if family.unsupported is None and lora_loader({"model_family": name}) is None}
+    assert without == {"demo", "pixart_sigma", "omnigen", "longcat", "cosmos"}
+    assert lora_loader({"model_family": "sdxl"}).prefix == lora_loader({"model_family": "kolors"}).prefix == "unet."
+    assert lora_loader({"model_family": "flux"}).pipeline_class.__name__ == "FluxPipeline"
+    assert lora_loader({"model_family": "wan"}).prefix == "transformer."
