@@ -156,3 +156,24 @@ def test_resume_reads_the_diffusers_layout_and_the_older_lora_folder_alike(tmp_p
         assert any("resumed from" in e.get("message", "") for e in read_events(run))
         assert losses(run) == losses(tmp_path / "unbroken")
     assert json.loads((tmp_path / "old" / "final" / "state.json").read_text()) == {"step": 4, "kind": "lora"}
+
+
+def test_a_family_without_a_diffusers_lora_loader_keeps_the_older_layout_and_resumes_from_it(tmp_path, tiny_model_dir):
+    from tests.utils.factories import fast_config
+    from trainer.config import validate_config
+    from trainer.train import train
+
+    def run(out, steps, **overrides):
+        config = validate_config(fast_config(tiny_model_dir, out, model_type="lora", lora_rank=4, max_train_steps=steps,
+                                             lr_scheduler="constant", checkpointing_steps=2, validation_steps=0,
+                                             logging_steps=1, **overrides))
+        assert train(config, out) == 0
+        return [e["loss"] for e in read_events(out) if e["event"] == "metric" and "loss" in e]
+
+    unbroken = run(tmp_path / "unbroken", 4)
+    checkpoint = tmp_path / "unbroken" / "checkpoints" / "step_0000002"
+    assert (checkpoint / "lora" / "adapter_model.safetensors").is_file()
+    assert not (checkpoint / "pytorch_lora_weights.safetensors").exists()
+    assert (tmp_path / "unbroken" / "final" / "lora" / "adapter_model.safetensors").is_file()
+    run(tmp_path / "resumed", 2)
+    assert run(tmp_path / "resumed", 4, resume_from_checkpoint="latest") == unbroken
