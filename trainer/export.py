@@ -9,7 +9,6 @@
 """
 
 import importlib
-import json
 from pathlib import Path
 
 import torch
@@ -152,6 +151,6 @@ def export_kohya(run_dir: str | Path, out_file: str | Path, checkpoint: str | No
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in kohya.items()}, str(out_file),
-              metadata={"ss_network_dim": str(rank), "ss_network_alpha": str(alpha), "layersync_run": json.dumps(str(run_dir))})
+              metadata={"ss_network_dim": str(rank), "ss_network_alpha": str(alpha), "layersync_run": str(run_dir)})
     log(f"wrote {len(kohya)} tensors of {chosen['name']}'s LoRA in the kohya layout to {out_file}")
     return out_file

@@ -83,6 +83,10 @@ def test_export_pipeline_writes_a_pipeline_with_the_trained_transformer(flux_ful
     assert not torch.equal(_output("flux", exported.transformer, inputs), _output("flux", base.transformer, inputs))
     for name, p in base.vae.state_dict().items():  # the rest is the base pipeline's
         assert torch.equal(exported.vae.state_dict()[name], p)
+    # a checkpoint's transformer/ folder exports the same (here the same step as final/)
+    export_pipeline(run, tmp_path / "from_step", checkpoint="step_0000002", log=lambda *a: None)
+    from_step = FluxTransformer2DModel.from_pretrained(tmp_path / "from_step" / "transformer")
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in from_step.state_dict().items())
     # an exported folder is never written over
     again = layersync("export", run, "--pipeline", tmp_path / "exported")
     assert again.returncode == 1 and "exists and is not empty" in again.stderr
