@@ -23,14 +23,13 @@ class ExportError(ValueError):
 
 
 def pick_output(run_dir: str | Path, name: str | None = None) -> dict:
-    """One of ``list_checkpoints(run_dir)``: by name (``final`` or ``step_0000100``), else the final weights,
-    else the newest checkpoint."""
+    """One of ``list_checkpoints(run_dir)``: by name (``final`` or ``step_0000100``), else the newest weights
+    (``final/`` of a completed run; a checkpoint past it when the run was resumed to train longer)."""
     found = list_checkpoints(run_dir)
     if not found:
         raise ExportError(f"{run_dir} holds no checkpoint and no final/ weights yet: train it first, or check the folder")
     if name is None:
-        finals = [c for c in found if c["name"] == FINAL]
-        return finals[0] if finals else found[-1]
+        return found[-1]  # oldest first, final/ after the checkpoint of its own step
     for candidate in found:
         if candidate["name"] == name:
             return candidate

@@ -16,7 +16,8 @@ def build_export_parser() -> argparse.ArgumentParser:
                "layersync export runs/8 --pipeline my-pipeline --fuse-lora; layersync export runs/9 --kohya my_lora.safetensors",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run's output folder")
-    parser.add_argument("--checkpoint", metavar="NAME", help=f"which weights: {FINAL} or step_XXXXXXX (default: {FINAL}, else the newest)")
+    parser.add_argument("--checkpoint", metavar="NAME",
+                        help=f"which weights: {FINAL} or step_XXXXXXX (default: the newest, {FINAL} once the run completed)")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--pipeline", metavar="OUT", type=Path,
                       help="write the whole diffusers pipeline the run trained from, with the trained weights, to OUT")

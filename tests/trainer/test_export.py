@@ -92,17 +92,22 @@ def test_export_pipeline_writes_a_pipeline_with_the_trained_transformer(flux_ful
     assert again.returncode == 1 and "exists and is not empty" in again.stderr
 
 
-def test_export_lists_the_runs_weights_and_refuses_what_it_cannot_do(flux_full, tmp_path):
+def test_export_lists_the_runs_weights_and_refuses_what_it_cannot_do(flux_full, tmp_path, capsys):
+    from app.cli import main  # in this process: the same entry point as the console script, without its start-up
+
     _, run, _ = flux_full
-    listed = layersync("export", run)
-    assert listed.returncode == 0
-    assert [line.split()[0] for line in listed.stdout.splitlines()] == ["step_0000002", "final"]
-    refused = layersync("export", run, "--kohya", tmp_path / "x.safetensors")
-    assert refused.returncode == 1 and "holds full weights, not a LoRA" in refused.stderr
-    missing = layersync("export", run, "--checkpoint", "step_9", "--pipeline", tmp_path / "p")
-    assert missing.returncode == 1 and "choose one of step_0000002, final" in missing.stderr
-    assert layersync("export", tmp_path / "nothing").returncode == 2
-    assert layersync("export", run, "--fuse-lora").returncode == 2  # --fuse-lora without --pipeline
+    assert main(["export", str(run)]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["step_0000002", "final"]
+    assert main(["export", str(run), "--kohya", str(tmp_path / "x.safetensors")]) == 1
+    assert "holds full weights, not a LoRA" in capsys.readouterr().err
+    assert main(["export", str(run), "--checkpoint", "step_9", "--pipeline", str(tmp_path / "p")]) == 1
+    assert "choose one of step_0000002, final" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nothing")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["export", str(run), "--fuse-lora"])
+    assert exited.value.code == 2 and "--fuse-lora goes with --pipeline OUT" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists() and not (tmp_path / "x.safetensors").exists()
 
 
 def test_export_pipeline_fuses_a_lora_into_the_transformer(tmp_path, monkeypatch):

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from trainer.outputs import list_checkpoints
 
 
@@ -57,3 +59,16 @@ def test_every_family_whose_pipeline_has_a_lora_loader_writes_its_layout():
     assert lora_loader({"model_family": "sdxl"}).prefix == lora_loader({"model_family": "kolors"}).prefix == "unet."
     assert lora_loader({"model_family": "flux"}).pipeline_class.__name__ == "FluxPipeline"
     assert lora_loader({"model_family": "wan"}).prefix == "transformer."
+
+
+def test_export_takes_the_newest_weights_unless_told(tmp_path):
+    from trainer.export import ExportError, pick_output
+
+    _checkpoint(tmp_path / "checkpoints" / "step_0000002", 2, ["pytorch_lora_weights.safetensors"])
+    _checkpoint(tmp_path / "final", 2, ["pytorch_lora_weights.safetensors"])
+    assert pick_output(tmp_path)["name"] == "final"
+    _checkpoint(tmp_path / "checkpoints" / "step_0000004", 4, ["pytorch_lora_weights.safetensors"])  # resumed to train on
+    assert pick_output(tmp_path)["name"] == "step_0000004"
+    assert pick_output(tmp_path, "final")["step"] == 2
+    with pytest.raises(ExportError, match="no checkpoint and no final"):
+        pick_output(tmp_path / "empty")
