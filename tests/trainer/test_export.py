@@ -159,3 +159,16 @@ def test_a_sdxl_lora_exports_to_the_kohya_layout_that_diffusers_reads_back_the_s
     change = (expected - base).abs().max().item()
     assert change > 1e-4
     torch.testing.assert_close(got, expected, atol=change * 1e-3, rtol=1e-4)
+
+
+def test_a_unet_familys_full_fine_tune_exports_with_the_trained_unet(tmp_path):
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+
+    pipe_dir, run, inputs = _train("sdxl", tmp_path, "full")
+    trained = UNet2DConditionModel.from_pretrained(run / "final", local_files_only=True)
+    base = UNet2DConditionModel.from_pretrained(pipe_dir / "unet", local_files_only=True)
+    assert not torch.equal(_output("sdxl", base, inputs), _output("sdxl", trained, inputs))
+    export_pipeline(run, tmp_path / "exported", log=lambda *a: None)
+    exported = DiffusionPipeline.from_pretrained(tmp_path / "exported", local_files_only=True)
+    assert type(exported).__name__ == "StableDiffusionXLPipeline"
+    torch.testing.assert_close(_output("sdxl", exported.unet, inputs), _output("sdxl", trained, inputs), atol=0, rtol=0)
