@@ -9,6 +9,7 @@
 """
 
 import importlib
+import json
 from pathlib import Path
 
 import torch
@@ -82,14 +83,16 @@ def export_pipeline(run_dir: str | Path, out: str | Path, fuse_lora: bool = Fals
     base = _base_pipeline_dir(config)
     component = _component(config)
     dtype = _stored_dtype(base / component)
-    pipe = DiffusionPipeline.from_pretrained(str(base), local_files_only=True, torch_dtype=dtype)
-    model = getattr(pipe, component)
-    if chosen["kind"] == "full":
+    if chosen["kind"] == "full":  # the trained component given to from_pretrained: the base one is never loaded
+        import diffusers
+
         weights = folder if chosen["name"] == FINAL else folder / "transformer"
-        trained = type(model).from_pretrained(str(weights), local_files_only=True, torch_dtype=dtype)
-        pipe.register_modules(**{component: trained})
+        cls = getattr(diffusers, json.loads((weights / "config.json").read_text())["_class_name"])
+        trained = cls.from_pretrained(str(weights), local_files_only=True, torch_dtype=dtype)
+        pipe = DiffusionPipeline.from_pretrained(str(base), local_files_only=True, torch_dtype=dtype, **{component: trained})
     else:
-        _fuse(pipe, model, folder, config)
+        pipe = DiffusionPipeline.from_pretrained(str(base), local_files_only=True, torch_dtype=dtype)
+        _fuse(pipe, getattr(pipe, component), folder, config)
     pipe.save_pretrained(str(out), safe_serialization=True)
     log(f"wrote the {type(pipe).__name__} of {base} with {chosen['name']}'s weights"
         f"{' (LoRA fused)' if chosen['kind'] == 'lora' else ''} to {out}")
