@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from trainer.checkpoint import save_checkpoint
+from trainer.checkpoint import save_checkpoint, save_final
 from trainer.config import ConfigError, TrainConfig, config_to_json
 from trainer.devices import describe as describe_device
 from trainer.ema import EMA
@@ -277,6 +277,8 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
             events.emit("checkpoint", step=step, path=str(path.relative_to(output_dir)))
         events.log(f"stopped on request after step {step}; resume with resume_from_checkpoint='latest'")
         return "cancelled", step
+    # ---- the final weights, alone and ready to load (trainer/checkpoint.py: save_final)
+    events.log(f"final weights in {save_final(output_dir, step, model, run_config, ema).relative_to(output_dir)}/")
     return "completed", step
 
 
