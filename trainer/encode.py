@@ -31,6 +31,7 @@ from trainer.media import list_examples, media_size, read_audio, read_image, rea
 FORMAT_V1 = "layersync-encoded-v1"  # one latent shape: "latents", "cond/<name>" (still read)
 FORMAT = "layersync-encoded-v2"  # per bucket: "bucket/<WxH>/latents", "bucket/<WxH>/cond/<name>"
 AUDIO_BUCKET = "audio"  # audio clips have one shape (their duration): one bucket
+SINGLE_BUCKET = "all"  # an encoded dataset written with one latent shape
 ENCODE_BATCH = 8
 SAMPLE_PROMPTS = 4
 
@@ -111,7 +112,13 @@ def is_encoded_folder(path: Path) -> bool:
         return False
 
 
-def save_encoded(folder: Path, buckets: dict[str, tuple[torch.Tensor, dict]], null_cond, prompt_cond, manifest: dict) -> None:
+def save_encoded(folder: Path, latents: torch.Tensor, cond: dict, null_cond: dict, prompt_cond: dict, manifest: dict) -> None:
+    """An encoded dataset of one latent shape (one bucket)."""
+    save_encoded_buckets(folder, {SINGLE_BUCKET: (latents, cond)}, null_cond, prompt_cond, manifest)
+
+
+def save_encoded_buckets(folder: Path, buckets: dict[str, tuple[torch.Tensor, dict]], null_cond, prompt_cond,
+                         manifest: dict) -> None:
     """Write atomically (a half-written cache is never read back): each bucket's latents and conditions
     under its key, in the order given."""
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -335,7 +342,7 @@ def encode_folder(spec: PipelineSpec, media: str, config: TrainConfig, device: t
         torch.cuda.empty_cache()
     manifest = {"family": config.model_family, "captions": captions, "prompts": prompts, "skipped": skipped,
                 "source": str(root), "model": str(model_dir)}
-    save_encoded(folder, encoded, null_cond, prompt_cond, manifest)
+    save_encoded_buckets(folder, encoded, null_cond, prompt_cond, manifest)
     log(f"encoded {len(captions)} example(s); the encoders are freed")
     return _loaded(load_encoded(folder), config, log)
 
