@@ -104,6 +104,8 @@ LABELS.update({
     "flow_schedule_shift": "Flow schedule shift", "flow_schedule_auto_shift": "Shift by resolution", "snr_gamma": "Min-SNR gamma",
     "noise_offset": "Noise offset", "repeats": "Repeats", "validation_resolution": "Validation resolution",
 })
+# a yes/no whose unset value means something of its own (the model's scheduler config): a select, not a checkbox
+TRISTATE = {"flow_schedule_auto_shift": [("", "as the model's scheduler config"), ("true", "on"), ("false", "off")]}
 HELP.update({
     "weighting_scheme": "Flow families: how training timesteps are drawn. uniform (the demo and the paper); logit_normal "
     "(SD3's trainers, with Logit mean and std); mode (with Mode scale).",
@@ -140,6 +142,8 @@ def _kind(key: str) -> tuple[str, list[tuple[str, str]]]:
     """The input kind of a schema key, read from its type annotation."""
     if key == "model_family":
         return "select", [(name, family.label) for name, family in FAMILIES.items() if family.unsupported is None]
+    if key in TRISTATE:
+        return "select", TRISTATE[key]
     annotation = FIELDS[key].annotation
     if typing.get_origin(annotation) is typing.Literal:
         return "select", [(value, value) for value in typing.get_args(annotation)]

@@ -40,13 +40,17 @@ def flow_scheduler_config(pretrained: str | None) -> dict:
     """The family's flow scheduler config, its defaults filled in."""
     path = scheduler_config_file(pretrained)
     found = json.loads(path.read_text()) if path is not None else {}
+    if found.get("shift") is None and found.get("flow_shift") is not None:  # the multistep flow schedulers (Sana, Wan)
+        found["shift"] = found["flow_shift"]
     return {key: found.get(key, default) if found.get(key) is not None else default for key, default in SCHEDULER_DEFAULTS.items()}
 
 
 def image_seq_len(shape: tuple[int, ...], patch: int) -> int:
-    """Tokens of one example as the transformer sees it: latents (B, C, H, W) or (B, C, F, H, W) in
+    """Tokens of one example as the transformer sees it: latents (B, C, H, W) or (B, C, F, H, W) (or audio (B, C, T)) in
     ``patch`` × ``patch`` patches (Flux packs 2 × 2; the pipelines compute mu from the same count)."""
     spatial = shape[2:]
+    if len(spatial) == 1:  # audio latents (B, C, T): one token per latent frame
+        return spatial[0]
     frames = math.prod(spatial[:-2]) if len(spatial) > 2 else 1
     return frames * (spatial[-2] // patch) * (spatial[-1] // patch)
 
@@ -123,7 +127,7 @@ def flow_timesteps(config, patch: int = 2) -> FlowTimesteps:
     auto = config.flow_schedule_auto_shift
     auto = bool(scheduler["use_dynamic_shifting"]) if auto is None else auto
     unset = config.flow_schedule_shift is None or config.flow_schedule_auto_shift is None
-    source = "the config" if not unset else (f"unset keys from {path}" if path else "unset keys: no scheduler config, unshifted")
+    source = "the config" if not unset else (f"unset keys from {path}" if path else "no scheduler config: unset keys unshifted")
     return FlowTimesteps(
         weighting_scheme=config.weighting_scheme, logit_mean=config.logit_mean, logit_std=config.logit_std,
         mode_scale=config.mode_scale, shift=shift, auto_shift=auto,

@@ -65,6 +65,7 @@ def test_the_resolution_shift_follows_the_batchs_token_count():
     with pytest.raises(ValueError, match="latent shape"):
         draw(schedule)
     assert image_seq_len((1, 128, 5, 16, 16), 1) == 5 * 16 * 16  # video latents: frames × height × width
+    assert image_seq_len((1, 64, 250), 2) == 250  # audio latents: one token per latent frame
 
 
 def _pipeline_dir(tmp_path, scheduler: dict | None):
@@ -91,6 +92,8 @@ def test_unset_keys_take_the_models_scheduler_config(tmp_path):
     assert not flow_timesteps(_config(flux, flow_schedule_auto_shift=False)).auto_shift
     # a component folder given directly reads the scheduler beside it; no scheduler (and the demo): unshifted
     assert flow_timesteps(_config(str(tmp_path / "sd3" / "transformer"))).shift == 3.0
+    sana = _pipeline_dir(tmp_path / "sana", {"_class_name": "DPMSolverMultistepScheduler", "flow_shift": 3.0})
+    assert flow_timesteps(_config(sana)).shift == 3.0  # the multistep flow schedulers call it flow_shift
     bare = flow_timesteps(_config(_pipeline_dir(tmp_path / "bare", None)))
     assert (bare.shift, bare.auto_shift) == (1.0, False)
     demo = flow_timesteps(validate_config({}))
