@@ -8,7 +8,8 @@ encoders are freed before training starts. A folder that already holds such a ca
 be given as instance_data_dir directly.
 
 Images (and clips) are encoded in aspect-ratio buckets (trainer/buckets.py) unless ``center_crop``:
-the cache keeps each bucket's latents and conditions under its own key (``bucket/<W>x<H>/…``).
+the cache keeps each bucket's latents and conditions under its own key (``bucket/<W>x<H>/…``); a dataset
+of one bucket keeps the one-shape layout of ``-v1``.
 """
 
 import gc
@@ -28,8 +29,8 @@ from trainer.data import EVAL_EXAMPLES, HELD_OUT_FRACTION, LatentDataset, split
 from trainer.families import find_family
 from trainer.media import list_examples, media_size, read_audio, read_image, read_video
 
-FORMAT_V1 = "layersync-encoded-v1"  # one latent shape: "latents", "cond/<name>" (still read)
-FORMAT = "layersync-encoded-v2"  # per bucket: "bucket/<WxH>/latents", "bucket/<WxH>/cond/<name>"
+FORMAT_V1 = "layersync-encoded-v1"  # one latent shape (one bucket): "latents", "cond/<name>"
+FORMAT = "layersync-encoded-v2"  # several buckets: "bucket/<WxH>/latents", "bucket/<WxH>/cond/<name>"
 AUDIO_BUCKET = "audio"  # audio clips have one shape (their duration): one bucket
 SINGLE_BUCKET = "all"  # an encoded dataset written with one latent shape
 ENCODE_BATCH = 8
@@ -125,13 +126,16 @@ def save_encoded_buckets(folder: Path, buckets: dict[str, tuple[torch.Tensor, di
     tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     tensors = {}
+    one_shape = len(buckets) == 1  # written in the one-shape layout that earlier versions (and other tools) read
     for key, (latents, cond) in buckets.items():
-        tensors[f"bucket/{key}/latents"] = latents
-        tensors.update({f"bucket/{key}/cond/{name}": value for name, value in cond.items()})
+        prefix = "" if one_shape else f"bucket/{key}/"
+        tensors[f"{prefix}latents"] = latents
+        tensors.update({f"{prefix}cond/{name}": value for name, value in cond.items()})
     for prefix, group in (("null", null_cond), ("prompt", prompt_cond)):
         tensors.update({f"{prefix}/{name}": value for name, value in group.items()})
     save_file({key: value.detach().cpu().contiguous() for key, value in tensors.items()}, tmp / "data.safetensors")
-    (tmp / "manifest.json").write_text(json.dumps(dict(manifest, format=FORMAT, buckets=list(buckets)), indent=2))
+    layout = FORMAT_V1 if one_shape else FORMAT
+    (tmp / "manifest.json").write_text(json.dumps(dict(manifest, format=layout, buckets=list(buckets)), indent=2))
     try:
         os.replace(tmp, folder)
     except OSError:  # another run wrote the same cache first: theirs is as good as ours

@@ -138,3 +138,22 @@ def test_flux_trains_on_two_buckets_with_shifted_timesteps(flux_dir, tmp_path):
     logs = " ".join(e.get("message", "") for e in events if e["event"] == "log")
     assert "2 aspect buckets" in logs and "logit-normal t" in logs and "shifted by resolution" in logs
     assert events[-1]["status"] == "completed"
+
+
+def test_sdxl_trains_on_two_buckets_with_min_snr_and_each_buckets_micro_conditions(tmp_path):
+    from tests.trainer.families.test_sdxl import sdxl_pipeline
+
+    sdxl_dir = sdxl_pipeline(tmp_path / "sdxl")
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, size in enumerate([(64, 32), (64, 32), (32, 64)]):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(images / f"{i}.png")
+        (images / f"{i}.txt").write_text("a picture")
+    events = train_few_steps("sdxl", sdxl_dir, images, tmp_path / "run", 1, 10, cache_dir=str(tmp_path / "cache"),
+                             resolution=32, max_train_steps=3, snr_gamma=5.0, noise_offset=0.05)
+    logs = " ".join(e.get("message", "") for e in events if e["event"] == "log")
+    assert "2 aspect buckets: 48x24 (2), 24x48 (1)" in logs and "min-SNR weighting (gamma 5)" in logs
+    (folder,) = (tmp_path / "cache" / "sdxl").iterdir()
+    tensors = load_file(folder / "data.safetensors")
+    assert tensors["bucket/48x24/cond/add_time_ids"].tolist() == [[24.0, 48, 0, 0, 24, 48]] * 2  # (h, w, top, left, h, w)
+    assert tensors["bucket/24x48/cond/add_time_ids"].tolist() == [[48.0, 24, 0, 0, 48, 24]]

@@ -170,3 +170,11 @@ def test_the_demo_accepts_the_flow_keys_and_each_familys_objective_agrees_with_i
     for name, family in FAMILIES.items():
         if family.unsupported is None:
             assert implementation(name).objective == family.objective, name
+
+
+def test_a_shift_beside_the_resolution_shift_is_told_to_be_ignored():
+    from trainer.checks import config_notices
+
+    notes = dict(config_notices({"flow_schedule_auto_shift": True, "flow_schedule_shift": 3.0}))
+    assert "flow_schedule_shift is ignored" in notes["flow_schedule_shift"]
+    assert "flow_schedule_shift" not in dict(config_notices({"flow_schedule_shift": 3.0}))
