@@ -121,12 +121,16 @@ class FlowTimesteps:
 
 def flow_timesteps(config, patch: int = 2) -> FlowTimesteps:
     """The run's flow timesteps: the config's keys, and for those it leaves unset the family's scheduler config."""
+    import diffusers.training_utils  # noqa: F401 - imported at set-up, so the first step's time is a step's
     scheduler = flow_scheduler_config(config.pretrained_model_name_or_path)
     path = scheduler_config_file(config.pretrained_model_name_or_path)
     shift = config.flow_schedule_shift if config.flow_schedule_shift is not None else float(scheduler["shift"])
     auto = config.flow_schedule_auto_shift
     auto = bool(scheduler["use_dynamic_shifting"]) if auto is None else auto
     unset = config.flow_schedule_shift is None or config.flow_schedule_auto_shift is None
+    if auto:
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift  # noqa: F401 - as above
+
     source = "the config" if not unset else (f"unset keys from {path}" if path else "no scheduler config: unset keys unshifted")
     return FlowTimesteps(
         weighting_scheme=config.weighting_scheme, logit_mean=config.logit_mean, logit_std=config.logit_std,
