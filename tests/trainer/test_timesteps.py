@@ -178,3 +178,10 @@ def test_a_shift_beside_the_resolution_shift_is_told_to_be_ignored():
     notes = dict(config_notices({"flow_schedule_auto_shift": True, "flow_schedule_shift": 3.0}))
     assert "flow_schedule_shift is ignored" in notes["flow_schedule_shift"]
     assert "flow_schedule_shift" not in dict(config_notices({"flow_schedule_shift": 3.0}))
+
+
+def test_the_cli_takes_the_resolution_shift_as_a_bare_flag_or_a_value():
+    from trainer.cli import config_from_args
+
+    assert config_from_args(["--flow_schedule_auto_shift"])[0]["flow_schedule_auto_shift"] == "true"
+    assert config_from_args(["--flow-schedule-auto-shift", "false"])[0]["flow_schedule_auto_shift"] == "false"
