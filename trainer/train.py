@@ -10,7 +10,6 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from trainer.checkpoint import save_checkpoint, save_final
 from trainer.config import ConfigError, TrainConfig, config_to_json
@@ -156,9 +155,10 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
     impl = implementation(config.model_family)
     data = impl.load_data(config, device, events.log).to(device)
     how = "held-out" if data.held_out else "training (nothing held out of your data; fixed noise and timesteps)"
-    events.log(f"data: {len(data)} training examples; val_diffusion_loss on {len(data.val_latents)} {how} examples")
+    events.log(f"data: {len(data)} training examples; val_diffusion_loss on {data.val_size} {how} examples")
     model = set_up_model(config, impl, device, precision, events.log)
     objective = objective_for(impl, config, device)
+    events.log(objective.describe())
     blocks = impl.blocks(model)
     layersync, capture = set_up_layersync(config, impl, objective, model, blocks, data, device, precision, events.log)
 
@@ -193,8 +193,8 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
         latents, cond = data.batch(config.train_batch_size, generator)
         drop = torch.rand(len(latents), generator=generator, device=device) < config.caption_dropout_probability
         cond = data.drop(cond, drop)  # caption dropout: the null condition, for classifier-free guidance
-        noise = torch.randn(latents.shape, generator=generator, device=device)
-        t = objective.timesteps(len(latents), generator, device)
+        noise = objective.noise(latents, generator)  # with the offset noise, when set
+        t = objective.timesteps(len(latents), generator, device, shape=latents.shape)  # the family's density and shift
         x_t = objective.noisy(latents, noise, t)
         target = objective.target(latents, noise, t)
 
@@ -203,7 +203,7 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
             pred = impl.predict(model, x_t, t, cond)
 
         # losses
-        diffusion_loss = F.mse_loss(pred.float(), target.float())
+        diffusion_loss = objective.loss(pred, target, t)  # the MSE, min-SNR weighted when snr_gamma is set
         if layersync:
             layersync_loss, similarity, pair_sims = layersync(states)
             capture.release()
