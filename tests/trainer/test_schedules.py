@@ -83,3 +83,46 @@ def test_notices_say_when_a_stop_or_warm_up_cannot_act():
     neighbours = config(layersync_student_block=4, layersync_teacher_block=5).notices()
     assert any("no block lies between student and teacher" in n for n in neighbours)
     assert not any("no block lies" in n for n in config().notices())
+
+
+# ---- in the training loop -------------------------------------------------------------------------
+
+def train_run(model_dir, out, **overrides):
+    from tests.utils.factories import fast_config
+    from trainer.events import read_events
+    from trainer.train import train
+
+    assert train(validate_config(fast_config(model_dir, out, validation_steps=0, checkpointing_steps=0, **overrides)), out) == 0
+    events = read_events(out)
+    return [e for e in events if e["event"] == "metric"], [e for e in events if e["event"] == "log"]
+
+
+def test_after_the_stop_step_the_term_is_exactly_zero_and_the_similarity_still_logged(tmp_path, tiny_model_dir):
+    metrics, logs = train_run(tiny_model_dir, tmp_path / "run", layersync_stop_step=7, layersync_lambda_warmup_steps=2)
+    by_step = {m["step"]: m for m in metrics}
+    assert by_step[2]["layersync_lambda"] == pytest.approx(0.2) and by_step[6]["layersync_loss"] < 0
+    for step in (8, 10, 12):
+        m = by_step[step]
+        assert m["layersync_loss"] == 0.0 and str(m["layersync_loss"]) == "0.0"  # not -0.0
+        assert m["layersync_lambda"] == 0.0 and m["loss"] == m["diffusion_loss"]
+        assert 0 < m["layersync_similarity"] <= 1
+    assert [e["message"] for e in logs if e["message"].startswith("layersync_stop_step 7")]
+    assert any("0 from step 7 on (layersync_stop_step)" in e["message"] for e in logs)
+
+
+def test_a_stop_at_step_one_trains_exactly_as_layersync_off(tmp_path, tiny_model_dir):
+    stopped, _ = train_run(tiny_model_dir, tmp_path / "stopped", layersync_stop_step=1, max_train_steps=6)
+    off, _ = train_run(tiny_model_dir, tmp_path / "off", layersync_enabled=False, max_train_steps=6)
+    assert [m["diffusion_loss"] for m in stopped] == pytest.approx([m["diffusion_loss"] for m in off], rel=1e-5)
+    assert all(m["layersync_similarity"] is not None for m in stopped)
+
+
+def test_a_schedule_is_followed_step_by_step_in_the_metric_events(tmp_path, tiny_model_dir):
+    metrics, _ = train_run(tiny_model_dir, tmp_path / "run", layersync_lambda_schedule="linear", layersync_lambda=0.3,
+                           logging_steps=1)  # one step per event: its loss is the weight in force times its similarity
+    c = validate_config({"layersync_enabled": True, "layersync_student_block": 8, "layersync_teacher_block": 16,
+                         "layersync_lambda": 0.3, "layersync_lambda_schedule": "linear", "max_train_steps": 12})
+    assert [m["layersync_lambda"] for m in metrics] == pytest.approx([lambda_at(c, m["step"]) for m in metrics])
+    assert metrics[-1]["layersync_lambda"] == 0.0 and metrics[-1]["layersync_loss"] == 0.0
+    assert [m["layersync_loss"] for m in metrics] == pytest.approx(
+        [-m["layersync_lambda"] * m["layersync_similarity"] for m in metrics], rel=1e-5, abs=1e-9)
