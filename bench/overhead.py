@@ -1,7 +1,9 @@
 """Overhead benchmark (not a test): what does our loop, and LayerSync in it, cost per step?
 
-Three ways, alternating in one process, from the same saved weights and the same batch size:
-our loop with LayerSync on, our loop with it off, and a bare PyTorch loop (below, ~30 lines).
+Four ways, alternating in one process, from the same saved weights and the same batch size:
+our loop with LayerSync on, our loop with it off, a bare PyTorch loop (below, ~30 lines), and our loop
+with LayerSync on but without the span meter (layersync_span_update, measured on logging steps only) —
+its ratio to the first way is the span metric's cost.
 Step times are per 10-step interval (each ends in a sync); the first interval of each run is
 warm-up and dropped. Prints the medians, the ratios on/off and ours-off/bare, and peak memory
 (GPU allocator peak; on the CPU, the resident-set growth is too coarse to attribute, so n/a).
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import trainer.train as loop  # noqa: E402
 from trainer.config import validate_config  # noqa: E402
 from trainer.data import load_digits_dataset  # noqa: E402
 from trainer.events import read_events  # noqa: E402
@@ -66,7 +69,18 @@ def bare_loop(model_dir, steps, batch_size, resolution, lr, autocast_dtype, chec
     return times[1:]
 
 
-def our_loop(model_dir, out_dir, steps, batch_size, resolution, lr, precision, checkpointing, layersync) -> list[float]:
+def our_loop(model_dir, out_dir, steps, batch_size, resolution, lr, precision, checkpointing, layersync,
+             span=True) -> list[float]:
+    real_guard = loop.set_up_guard
+    if not span:  # LayerSync on, the span meter and the guard left out
+        loop.set_up_guard = lambda *args, **kwargs: (None, None)
+    try:
+        return _our_loop(model_dir, out_dir, steps, batch_size, resolution, lr, precision, checkpointing, layersync)
+    finally:
+        loop.set_up_guard = real_guard
+
+
+def _our_loop(model_dir, out_dir, steps, batch_size, resolution, lr, precision, checkpointing, layersync) -> list[float]:
     config = validate_config({
         "pretrained_model_name_or_path": str(model_dir),
         "output_dir": str(out_dir),
@@ -126,18 +140,21 @@ def main() -> None:
                                                       args.resolution, lr, args.mixed_precision, args.gradient_checkpointing, False),
             "bare PyTorch loop": lambda r: bare_loop(model_dir, args.steps, args.batch_size, args.resolution, lr,
                                                      autocast_dtype, args.gradient_checkpointing),
+            "ours, on, no span meter": lambda r: our_loop(model_dir, Path(tmp) / f"nospan{r}", args.steps, args.batch_size,
+                                                          args.resolution, lr, args.mixed_precision,
+                                                          args.gradient_checkpointing, True, span=False),
         }
         times = {name: [] for name in ways}
         peaks = {name: None for name in ways}
         names = list(ways)
         for r in range(args.rounds):
-            for name in names[r % 3:] + names[: r % 3]:  # rotate the order so drift hits each way alike
+            for name in names[r % len(names):] + names[: r % len(names)]:  # rotate the order so drift hits each way alike
                 t, peak = peak_memory(lambda name=name, r=r: ways[name](r))
                 times[name] += t
                 peaks[name] = max(peaks[name] or 0, peak) if peak is not None else None
 
     median = {name: statistics.median(t) for name, t in times.items()}
-    on, off, bare = (median[n] for n in names)
+    on, off, bare, no_span = (median[n] for n in names)
     print(f"device {device}; model {args.layers} blocks × {args.hidden_size}, {args.resolution}px, batch "
           f"{args.batch_size}, {args.mixed_precision}, gradient checkpointing {args.gradient_checkpointing}; "
           f"{args.rounds} rounds × {args.steps} steps, medians over {len(times[names[0]])} intervals")
@@ -146,9 +163,11 @@ def main() -> None:
         print(f"  {name:22s} {median[name] * 1000:8.2f} ms/step   peak memory {mem}")
     print(f"  ratio on/off       {on / off:.3f}   (goal ≤ 1.02)")
     print(f"  ratio ours-off/bare {off / bare:.3f}   (goal ≤ 1.03)")
+    print(f"  ratio span on/off  {on / no_span:.3f}   (goal ≤ 1.01: layersync_span_update's cost)")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device, "args": vars(args), "median_s": median,
-                                               "peak_mib": peaks, "on_off": on / off, "ours_bare": off / bare}))
+                                               "peak_mib": peaks, "on_off": on / off, "ours_bare": off / bare,
+                                               "span_on_off": on / no_span}))
 
 
 if __name__ == "__main__":
