@@ -102,6 +102,53 @@ def _our_loop(model_dir, out_dir, steps, batch_size, resolution, lr, precision, 
     return [m["step_time"] for m in metrics][1:]
 
 
+def span_cost(model_dir, steps, batch_size, resolution, logging_steps=INTERVAL) -> dict:
+    """The span meter's cost measured step by step: three kinds of training step interleaved in one loop (no
+    meter, the meter's hooks installed but unarmed as on most steps, armed as on a logging step), so the
+    machine's load drifts over all three alike. Returns the median step times and the cost per step at
+    ``logging_steps`` (one armed step in that many)."""
+    from trainer.guard import SpanMeter, span_blocks
+    from trainer.models import demo
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = DemoDiT.from_pretrained(model_dir).to(device).train()
+    blocks = demo.blocks(model)
+    span = span_blocks([(7, 15)])  # the demo's 8 → 16, counted from 0
+    data = load_digits_dataset(resolution)
+    images, labels = data.latents.to(device), data.cond["class_labels"].to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = {"no meter": [], "unarmed": [], "armed": []}
+    meter = SpanMeter(blocks, span)
+    for step in range(3 * steps + 3):
+        kind = list(times)[step % 3]
+        if kind == "no meter":
+            meter.remove()
+        index = torch.randint(len(images), (batch_size,), device=device)
+        sigma = torch.rand(batch_size, device=device)
+        x1, noise = images[index], torch.randn_like(images[index])
+        sync()
+        start = time.perf_counter()
+        with meter.measure(kind == "armed"):
+            pred = model((1 - sigma.view(-1, 1, 1, 1)) * x1 + sigma.view(-1, 1, 1, 1) * noise, sigma * 1000, labels[index])
+        loss = F.mse_loss(pred, noise - x1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if kind == "armed":
+            meter.read().item()  # read back as the loop does on a logging step
+        sync()
+        if step >= 3:  # the first round warms up
+            times[kind].append(time.perf_counter() - start)
+        if kind == "no meter":
+            meter = SpanMeter(blocks, span)
+    median = {kind: statistics.median(t) for kind, t in times.items()}
+    base = median["no meter"]
+    per_step = ((logging_steps - 1) * median["unarmed"] + median["armed"]) / logging_steps
+    return {"median_s": median, "hooks_ratio": median["unarmed"] / base, "armed_ratio": median["armed"] / base,
+            "per_step_ratio": per_step / base, "logging_steps": logging_steps, "steps": steps}
+
+
 def peak_memory(fn) -> tuple[list[float], float | None]:
     if not torch.cuda.is_available():
         return fn(), None
@@ -123,7 +170,23 @@ def main() -> None:
     parser.add_argument("--mixed-precision", choices=["no", "bf16"], default="no")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--span-cost", action="store_true",
+                        help="only the span meter's cost, step by step (interleaved: steady figures on a loaded machine)")
     args = parser.parse_args()
+    if args.span_cost:
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.manual_seed(0)
+            DemoDiT(sample_size=args.resolution, hidden_size=args.hidden_size, num_layers=args.layers,
+                    num_attention_heads=args.heads).save_pretrained(Path(tmp) / "model")
+            cost = span_cost(Path(tmp) / "model", args.steps, args.batch_size, args.resolution)
+        m = cost["median_s"]
+        print(f"span meter, {args.layers} blocks × {args.hidden_size}, batch {args.batch_size}, {args.steps} steps of each kind, "
+              f"interleaved: no meter {m['no meter'] * 1000:.2f} ms, hooks unarmed {m['unarmed'] * 1000:.2f} ms "
+              f"({cost['hooks_ratio']:.3f}), armed {m['armed'] * 1000:.2f} ms ({cost['armed_ratio']:.3f}); per step with "
+              f"one armed step in {cost['logging_steps']}: {cost['per_step_ratio']:.4f} (goal ≤ 1.01)")
+        if args.json:
+            Path(args.json).write_text(json.dumps(cost))
+        return
 
     lr = 1e-3
     autocast_dtype = torch.bfloat16 if args.mixed_precision == "bf16" and torch.cuda.is_available() else None
