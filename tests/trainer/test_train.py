@@ -177,7 +177,8 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_and_cancelled(tmp_path, 
     assert events[-2]["event"] == "log" and "resume" in events[-2]["message"]
     checkpoint = [e for e in events if e["event"] == "checkpoint"][-1]
     assert checkpoint["step"] == end["step"]
-    assert json.loads((out / checkpoint["path"] / "state.json").read_text()) == {"step": end["step"]}
+    state = json.loads((out / checkpoint["path"] / "state.json").read_text())
+    assert state["step"] == end["step"] and state.keys() == {"step", "layersync_guard"}  # the collapse guard's state too
 
 
 def test_a_second_ctrl_c_stops_at_once_but_a_repeated_sigterm_does_not():
