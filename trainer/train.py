@@ -260,7 +260,8 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
             span = None if span is None else span.item()
             metric |= {"layersync_lambda": weight if layersync else None, "layersync_span_update": span}
             events.emit("metric", **metric)
-            warning = guard.observe(step, span) if guard else None
+            # once the weight is 0 (a stop), LayerSync no longer pulls: what the span does then is not its doing
+            warning = guard.observe(step, span) if guard and weight > 0 else None
             if warning:
                 events.log(warning, level="warning")
             if not math.isfinite(mean["loss"]):
