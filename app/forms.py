@@ -17,6 +17,9 @@ from trainer.config import FIELDS, LAYERSYNC_DEFAULT_LAMBDA, ConfigError, config
 from trainer.families import FAMILIES, ModelDirError, family_defaults, find_family, model_depth
 
 LAYERSYNC_KEYS = ("layersync_student_block", "layersync_teacher_block", "layersync_lambda")
+# ---- λ schedules, the stop step and the collapse guard: more Loss functions fields that follow Enable LayerSync
+LAYERSYNC_SCHEDULE_KEYS = ("layersync_lambda_schedule", "layersync_lambda_end", "layersync_lambda_warmup_steps",
+                           "layersync_stop_step", "layersync_on_collapse")
 FAMILY_KEYS = tuple(family_defaults("demo"))  # the keys whose default is the family's own
 
 # Keys the form leaves out, and why (a test checks every schema key is in the form or here).
@@ -57,6 +60,11 @@ LABELS = {
     "layersync_student_block": "Student Block",
     "layersync_teacher_block": "Teacher Block",
     "layersync_lambda": "Weight",
+    "layersync_lambda_schedule": "Weight schedule",
+    "layersync_lambda_end": "Final weight",
+    "layersync_lambda_warmup_steps": "Weight warm-up steps",
+    "layersync_stop_step": "Stop LayerSync at step",
+    "layersync_on_collapse": "On collapse",
     "adam_beta1": "Adam beta1",
     "adam_beta2": "Adam beta2",
     "adam_weight_decay": "Adam weight decay",
@@ -88,6 +96,14 @@ HELP = {
     "layersync_teacher_block": "A deeper block: 16 on 24-layer models; on shorter stacks keep the teacher a few "
     "blocks deeper than the student. Empty: the student block, and LayerSync does nothing.",
     "layersync_lambda": f"Scales the LayerSync term; must be above 0. Leave it at {LAYERSYNC_DEFAULT_LAMBDA:g} if unsure.",
+    "layersync_lambda_schedule": "constant keeps the Weight; linear and cosine go from the Weight to the Final "
+    "weight at the last step. Logged as layersync_lambda.",
+    "layersync_lambda_end": "Where a linear or cosine schedule ends; 0 turns LayerSync down to nothing by the end.",
+    "layersync_lambda_warmup_steps": "The weight rises from 0 over these steps before its schedule; 0: no warm-up.",
+    "layersync_stop_step": "From this step on the weight is 0 (an early stop, as HASTE does); the similarity is still "
+    "logged. Empty: never.",
+    "layersync_on_collapse": "The run logs layersync_span_update, how much the blocks between student and teacher "
+    "still change their input. When it falls to a quarter of its best, warn in the log, or warn and stop LayerSync.",
     "pretrained_model_name_or_path": "A local diffusers pipeline folder (what save_pretrained writes). Empty: the "
     "demo's built-in model.",
     "instance_data_dir": "A folder of images (videos, audio) with same-named .txt captions, encoded once and cached. "
@@ -186,7 +202,8 @@ SECTIONS = [
             "checkpointing_steps",
         ],
     ),
-    _section("loss-functions", "Loss functions", ["layersync_enabled", *LAYERSYNC_KEYS], parent="training"),
+    _section("loss-functions", "Loss functions", ["layersync_enabled", *LAYERSYNC_KEYS, *LAYERSYNC_SCHEDULE_KEYS],
+             parent="training"),
     _section("objective", "Timesteps and loss weighting", list(OBJECTIVE_KEYS), parent="training",
              note="Each family trains with its own objective: flow families take the timestep keys, DDPM families "
              "(PixArt, SDXL, Kolors) Min-SNR gamma; Noise offset applies to both. The demo keeps uniform timesteps."),
@@ -276,9 +293,9 @@ def form_to_config(form: Mapping[str, str]) -> tuple[str | None, dict]:
             continue
         config[key] = _number(raw, f.kind) if f.kind in ("int", "float") else raw
     if not config.get("layersync_enabled"):
-        # The page disables these three while LayerSync is off (disabled inputs are not posted);
+        # The page disables these while LayerSync is off (disabled inputs are not posted);
         # without JavaScript they are posted anyway, and must not count either.
-        for key in LAYERSYNC_KEYS:
+        for key in (*LAYERSYNC_KEYS, *LAYERSYNC_SCHEDULE_KEYS):
             config.pop(key, None)
     return name, config
 

@@ -9,18 +9,20 @@ Functions here take a session and keyword arguments, know nothing of HTTP, and r
 """
 
 import re
+import shutil
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlmodel import Session, select
+from sqlmodel import Session, delete, select
 
 from app.configs import check_config
-from app.lifecycle import FINISHED, LIVE, RunStatus
-from app.models import SQL_INT_MAX, Metric, MetricBlock, Run, Study, StudyRun
+from app.lifecycle import FINISHED, LIVE, RunStateError, RunStatus
+from app.models import SQL_INT_MAX, Metric, MetricBlock, Run, RunEvent, Study, StudyRun
 from app.report import DEFAULT_METRIC, NOT_METRICS, RunPoints, and_words, arm_curves, effect_report
 from app.runs import NotFound, add_run, default_name
 from trainer.config import ConfigError, TrainConfig, validate_config
+from trainer.runlock import RUN_LOCK, is_locked
 
 DEFAULT_ARMS = {"layersync": {}, "baseline": {"layersync_enabled": False}}
 BASELINE = "baseline"
@@ -178,6 +180,40 @@ def get_study(session: Session, *, study_id: int) -> Study:
 
 def list_studies(session: Session, *, limit: int = 100) -> list[Study]:
     return list(session.exec(select(Study).order_by(Study.id.desc()).limit(limit)))
+
+
+def delete_study(session: Session, *, study_id: int) -> None:
+    """Delete a study with all its runs (their points, events and folders), in one transaction. Refused
+    (RunStateError, nothing deleted) while one of its runs is running or its worker still holds the run
+    folder: cancel those first. Queued runs go with the study."""
+    study = get_study(session, study_id=study_id)
+    runs = [run for _, run in study_runs(session, study)]
+    busy = [run.id for run in runs if run.status == RunStatus.RUNNING or (run.output_dir and is_locked(run.output_dir, RUN_LOCK))]
+    if busy:
+        raise RunStateError(_busy_words(study.id, busy))
+    ids = [run.id for run in runs]
+    # the rows that point at the runs and the study go first: SQLite enforces the foreign keys
+    for table in (Metric, MetricBlock, RunEvent, StudyRun):
+        session.exec(delete(table).where(table.run_id.in_(ids)))
+    gone = session.exec(delete(Run).where(Run.id.in_(ids), Run.status != RunStatus.RUNNING)).rowcount if ids else 0
+    if gone != len(ids):  # the scheduler started one after we looked: keep everything
+        session.rollback()
+        started = [run.id for run in session.exec(select(Run).where(Run.id.in_(ids), Run.status == RunStatus.RUNNING))]
+        raise RunStateError(_busy_words(study.id, started or ids))
+    session.exec(delete(StudyRun).where(StudyRun.study_id == study.id))
+    session.delete(study)
+    session.commit()
+    for run in runs:
+        if run.output_dir:
+            shutil.rmtree(run.output_dir, ignore_errors=True)
+
+
+def _busy_words(study_id: int, run_ids: list[int]) -> str:
+    listed = and_words([str(run_id) for run_id in run_ids])
+    cancels = "; ".join(f"POST /api/runs/{run_id}/cancel" for run_id in run_ids[:5])
+    return (f"study {study_id} cannot be deleted while its run{'s' if len(run_ids) > 1 else ''} {listed} "
+            f"{'are' if len(run_ids) > 1 else 'is'} running: cancel {'them' if len(run_ids) > 1 else 'it'} first "
+            f"({cancels}), wait until {'they end' if len(run_ids) > 1 else 'it ends'}, then delete the study")
 
 
 def study_runs(session: Session, study: Study) -> list[tuple[StudyRun, Run]]:

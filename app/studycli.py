@@ -76,7 +76,8 @@ def print_report(folder: Path, *, arms: list[str], seeds: list[int], baseline: s
         for arm in arms:
             run_dir = folder / f"{arm}-seed{seed}"
             events = read_events(run_dir) if (run_dir / EVENTS_FILE).is_file() else []
-            status, points = points_from_events(events, metric) if events else ("failed", {})
+            # no events (yet): the run has not started, so it is waiting, not failed
+            status, points = points_from_events(events, metric) if events else ("queued", {})
             logged |= metrics_in_events(events)
             runs.append(RunPoints(arm=arm, seed=seed, status=status, points=points))
     if metric not in logged and logged:

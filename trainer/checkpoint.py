@@ -31,8 +31,10 @@ def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("_")[1]))
 
 
-def save_checkpoint(output_dir, step, model, optimizer, config: dict, ema=None, scaler=None, total_limit=None) -> Path:
-    """Write to a temporary folder, then rename: a crash mid-write never leaves a half checkpoint."""
+def save_checkpoint(output_dir, step, model, optimizer, config: dict, ema=None, scaler=None, total_limit=None,
+                    state: dict | None = None) -> Path:
+    """Write to a temporary folder, then rename: a crash mid-write never leaves a half checkpoint. ``state``:
+    more of the loop's state (JSON) kept beside the step in state.json (read back by ``checkpoint_state``)."""
     root = Path(output_dir) / CHECKPOINTS
     final = root / f"step_{step:07d}"
     tmp = root / f".tmp_step_{step:07d}"
@@ -48,7 +50,7 @@ def save_checkpoint(output_dir, step, model, optimizer, config: dict, ema=None, 
     if scaler is not None and scaler.is_enabled():  # fp16: the loss scale is part of the training state
         torch.save(scaler.state_dict(), tmp / "scaler.pt")
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    (tmp / STATE_FILE).write_text(json.dumps({"step": step}))
+    (tmp / STATE_FILE).write_text(json.dumps({**(state or {}), "step": step}))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     if total_limit:
@@ -67,6 +69,11 @@ def find_checkpoint(output_dir, which: str) -> Path | None:
     if not (path / "state.json").is_file():
         raise FileNotFoundError(f"{which} is not a checkpoint folder (no state.json): pass 'latest' or a checkpoints/step_* folder")
     return path
+
+
+def checkpoint_state(path: Path) -> dict:
+    """A checkpoint's state.json: its step and the loop state saved with it."""
+    return json.loads((Path(path) / "state.json").read_text())
 
 
 def load_checkpoint(path: Path, model, optimizer, ema=None, scaler=None) -> int:

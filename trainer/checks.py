@@ -242,4 +242,36 @@ def config_notices(data: Mapping) -> list[tuple[str, str]]:
             notes.append(("layersync_teacher_block", (
                 f"teacher block {teacher} is shallower than student block {student}: LayerSync pulls the student "
                 "toward a deeper block; swap them unless you mean it")))
+    return notes + _schedule_notices(data, depth)
+
+
+# ---- λ schedules, the stop step and the collapse guard
+
+def _schedule_notices(data: Mapping, depth: int) -> list[tuple[str, str]]:
+    """What a LayerSync config's schedule, stop step and guard will (not) do, for a config with LayerSync on."""
+    notes = []
+    steps, stop = _int(data.get("max_train_steps")), _int(data.get("layersync_stop_step"))
+    warmup = _int(data.get("layersync_lambda_warmup_steps")) or 0
+    if stop is not None and steps is not None and stop > steps:
+        notes.append(("layersync_stop_step", (f"layersync_stop_step {stop} is after the last step ({steps}): "
+                                              "LayerSync stays on for the whole run")))
+    if stop is not None and warmup and stop <= warmup:
+        notes.append(("layersync_stop_step", (f"layersync_stop_step {stop} comes before the weight's warm-up of "
+                                              f"{warmup} steps ends: the full weight is never reached")))
+    elif steps is not None and warmup >= steps:
+        notes.append(("layersync_lambda_warmup_steps", (f"the weight's warm-up ({warmup} steps) lasts the whole run "
+                                                        f"({steps} steps): the full weight is never reached")))
+    spans = []
+    for student, teacher in _pairs(data):
+        try:
+            s = resolve_block_index(student, depth or max(student, teacher) + 1, "student")
+            t = resolve_block_index(teacher, depth or max(student, teacher) + 1, "teacher")
+        except FieldProblem:
+            return notes
+        if s != t:  # a no-op pair has its own notice
+            spans.append(abs(t - s) > 1)
+    if spans and not any(spans):
+        notes.append(("layersync_on_collapse", (
+            "no block lies between student and teacher: layersync_span_update is not measured and the collapse "
+            "guard has nothing to watch")))
     return notes

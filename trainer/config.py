@@ -164,6 +164,23 @@ class TrainConfig(BaseModel):
     layersync_pairs: list[tuple[Block, Block]] | None = Field(
         None, max_length=64, description="Extra student→teacher pairs, e.g. [[4, 12], [8, 16]]; each pair counts."
     )
+    # ---- λ schedules, the stop step and the collapse guard (trainer/schedules.py, trainer/guard.py)
+    layersync_lambda_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="LayerSync weight over the run: constant, or linear / cosine from layersync_lambda to "
+        "layersync_lambda_end at the last step.",
+    )
+    layersync_lambda_end: float = Field(0.0, ge=0, description="The weight a linear or cosine schedule ends at (0: off by the end).")
+    layersync_lambda_warmup_steps: int = Field(
+        0, ge=0, le=MAX_STEPS, description="Steps of linear warm-up of the weight from 0 before its schedule; 0: none."
+    )
+    layersync_stop_step: int | None = Field(
+        None, ge=1, le=MAX_STEPS,
+        description="From this step on the weight is 0 (early stop); the similarity is still measured and logged. Empty: never.",
+    )
+    layersync_on_collapse: Literal["warn", "stop"] = Field(
+        "warn", description="When the blocks between student and teacher approach the identity: warn in the log, or "
+        "also set the weight to 0 for the rest of the run.",
+    )
 
     # ---- objectives: timesteps, loss weighting, aspect buckets (trainer/timesteps.py, trainer/buckets.py)
     weighting_scheme: Literal["uniform", "logit_normal", "mode"] = Field(

@@ -90,14 +90,20 @@ class LayerSync:
         """0-based blocks whose outputs must be captured."""
         return {block for pair in self.pairs for block in pair}
 
-    def __call__(self, states: Mapping[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """→ (loss, mean similarity, per-pair similarities), from the captured block outputs."""
+    def __call__(self, states: Mapping[int, torch.Tensor], weight: float | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """→ (loss, mean similarity, per-pair similarities), from the captured block outputs. ``weight`` is
+        the weight in force this step (a schedule's, trainer/schedules.py); None: the run's ``weight``."""
         sims = []
         for student, teacher in self.pairs:
             _check_shapes(states[student], states[teacher])
             sims.append(self._similarity(states[student], states[teacher]))
         similarity = sims[0] if len(sims) == 1 else torch.stack(sims).mean()
-        return -self.weight * similarity, similarity, sims
+        weight = self.weight if weight is None else weight
+        if weight == 0:  # stopped: the similarity is still measured, the term is exactly 0 (not -0.0) and pulls nothing
+            similarity = similarity.detach()
+            return torch.zeros_like(similarity), similarity, [sim.detach() for sim in sims]
+        return -weight * similarity, similarity, sims
 
     def compile(self, device: torch.device) -> str | None:
         """Fuse the similarity into a few kernels with torch.compile (worth it on a GPU, where the

@@ -11,14 +11,16 @@ from pathlib import Path
 
 import torch
 
-from trainer.checkpoint import save_checkpoint, save_final
+from trainer.checkpoint import checkpoint_state, save_checkpoint, save_final
 from trainer.config import ConfigError, TrainConfig, config_to_json
 from trainer.devices import describe as describe_device
 from trainer.ema import EMA
 from trainer.events import EventWriter
+from trainer.guard import GUARD_STATE, set_up_guard
 from trainer.models import implementation
 from trainer.objectives import objective_for
 from trainer.sampling import Samplers, fixed_noise_loss
+from trainer.schedules import describe_schedule, lambda_at
 from trainer.setup import (
     checkpoint_to_resume,
     make_optimizer,
@@ -161,11 +163,16 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
     events.log(objective.describe())
     blocks = impl.blocks(model)
     layersync, capture = set_up_layersync(config, impl, objective, model, blocks, data, device, precision, events.log)
+    span_meter, guard = set_up_guard(config, layersync, blocks, events.log)
+    if layersync and describe_schedule(config):
+        events.log(describe_schedule(config))
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(config, params, device)
     ema = EMA(model, config.ema_decay) if config.use_ema else None
     start_step = resume(resume_from, model, optimizer, ema, scaler, events.log)
+    if guard is not None and resume_from is not None:  # the guard judges on as the unbroken run would
+        guard.load_state_dict(checkpoint_state(resume_from).get(GUARD_STATE) or {})
     run_config = config_to_json(config)
     n_params = sum(p.numel() for p in model.parameters())
     events.log(f"{config.model_family} model: {len(blocks)} blocks, {n_params / 1e6:.2f}M parameters, on {device}")
@@ -198,14 +205,21 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
         x_t = objective.noisy(latents, noise, t)
         target = objective.target(latents, noise, t)
 
-        # forward: the hooks keep the student and teacher outputs of this forward only
-        with autocast, capture.capture() if capture else nullcontext() as states:
+        # forward: the hooks keep the student and teacher outputs of this forward only; on a step that logs,
+        # the span meter also measures how much the blocks between them change their input
+        logs = step % config.logging_steps == 0 or step == config.max_train_steps
+        with autocast, capture.capture() if capture else nullcontext() as states, \
+                span_meter.measure(logs) if span_meter else nullcontext():
             pred = impl.predict(model, x_t, t, cond)
 
         # losses
         diffusion_loss = objective.loss(pred, target, t)  # the MSE, min-SNR weighted when snr_gamma is set
         if layersync:
-            layersync_loss, similarity, pair_sims = layersync(states)
+            weight = lambda_at(config, step, guard.stopped_at if guard else None)  # the schedule's, 0 once stopped
+            if step == config.layersync_stop_step:
+                events.log(f"layersync_stop_step {step}: LayerSync's weight is 0 from this step on; the similarity "
+                           "is still measured and logged")
+            layersync_loss, similarity, pair_sims = layersync(states, weight)
             capture.release()
             loss = diffusion_loss + layersync_loss
         else:
@@ -244,7 +258,14 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
             mean = means.read()
             # every key in every metric event: layersync_similarity / grad_norm are None with LayerSync / clipping off
             metric = {"step": step, **dict.fromkeys(STEP_METRICS), **mean, "lr": lr, "step_time": step_time}
+            span = span_meter.read() if span_meter else None
+            span = None if span is None else span.item()
+            metric |= {"layersync_lambda": weight if layersync else None, "layersync_span_update": span}
             events.emit("metric", **metric)
+            # once the weight is 0 (a stop), LayerSync no longer pulls: what the span does then is not its doing
+            warning = guard.observe(step, span) if guard and weight > 0 else None
+            if warning:
+                events.log(warning, level="warning")
             if not math.isfinite(mean["loss"]):
                 raise FloatingPointError(
                     f"the loss became {mean['loss']} by step {step}: lower learning_rate or layersync_lambda, "
@@ -262,7 +283,8 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
 
         # checkpoint (a cancel also checkpoints, so nothing trained is lost)
         if (config.checkpointing_steps and step % config.checkpointing_steps == 0) or step == config.max_train_steps or stop.requested:
-            path = save_checkpoint(output_dir, step, model, optimizer, run_config, ema, scaler, config.checkpoints_total_limit)
+            path = save_checkpoint(output_dir, step, model, optimizer, run_config, ema, scaler, config.checkpoints_total_limit,
+                                   state=loop_state(guard))
             last_checkpoint = step
             events.emit("checkpoint", step=step, path=str(path.relative_to(output_dir)))
         interval_paused += time.perf_counter() - paused_at
@@ -271,15 +293,23 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
         bar.close()
     if capture is not None:
         capture.remove()
+    if span_meter is not None:
+        span_meter.remove()
     if stop.requested and step < config.max_train_steps:
         if last_checkpoint != step:
-            path = save_checkpoint(output_dir, step, model, optimizer, run_config, ema, scaler, config.checkpoints_total_limit)
+            path = save_checkpoint(output_dir, step, model, optimizer, run_config, ema, scaler, config.checkpoints_total_limit,
+                                   state=loop_state(guard))
             events.emit("checkpoint", step=step, path=str(path.relative_to(output_dir)))
         events.log(f"stopped on request after step {step}; resume with resume_from_checkpoint='latest'")
         return "cancelled", step
     # ---- the final weights, alone and ready to load (trainer/checkpoint.py: save_final)
     events.log(f"final weights in {save_final(output_dir, step, model, run_config, ema).relative_to(output_dir)}/")
     return "completed", step
+
+
+def loop_state(guard) -> dict:
+    """What a checkpoint keeps of the loop beyond weights and optimizer: the collapse guard's judgement."""
+    return {GUARD_STATE: guard.state_dict()} if guard is not None else {}
 
 
 def validate(config, impl, objective, model, ema, data, output_dir, events, step, device, autocast, samplers) -> None:

@@ -52,10 +52,14 @@ STATIC_DIR = ROOT / "static"  # mounted at /static by app.main
 PAGE_SIZE = 50
 STUDY_FIELDS = ("study", "study_seeds")  # the form's "Run as a study" and its number of seeds
 STUDY_SEEDS = 3
-CHART_METRICS = ("loss", "diffusion_loss", "layersync_loss", "layersync_similarity")
+LIST_METRICS = ("loss", "diffusion_loss", "layersync_loss", "layersync_similarity")  # the runs list's columns
+# layersync_lambda: the weight in force (its schedule, 0 after a stop); layersync_span_update: how much the blocks
+# between student and teacher still change their input (the collapse guard's measure)
+CHART_METRICS = LIST_METRICS + ("layersync_lambda", "layersync_span_update")
 RUN_METRICS = CHART_METRICS + ("val_diffusion_loss",)
 COMPARE_METRICS = ("diffusion_loss", "val_diffusion_loss", "sample_accuracy", "loss", "layersync_loss",
-                   "layersync_similarity")  # sample_accuracy: the demo's samples read by a digit classifier
+                   "layersync_similarity", "layersync_lambda",
+                   "layersync_span_update")  # sample_accuracy: the demo's samples read by a digit classifier
 
 
 def _num(value) -> str:
@@ -108,7 +112,7 @@ def _runs_context(session, page: int) -> dict:
         "page": page,
         "has_more": listing.offset + len(items) < listing.total,
         "any_live": any(item["run"].status in LIVE for item in items),
-        "list_metrics": CHART_METRICS,
+        "list_metrics": LIST_METRICS,
     }
 
 

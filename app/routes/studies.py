@@ -3,7 +3,7 @@
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
 
 from app import errors, studies
@@ -14,6 +14,7 @@ from app.routes.pages import templates
 router = APIRouter(tags=["studies"])
 
 STUDY_ERRORS = {404: {"model": errors.Message, "description": "No such study"}}
+DELETE_ERRORS = {**STUDY_ERRORS, 409: {"model": errors.Message, "description": "One of its runs is running"}}
 MetricParam = Annotated[str | None, Query(max_length=200, description=f"The metric to report; default {DEFAULT_METRIC}.")]
 
 
@@ -60,6 +61,12 @@ def get_study(study_id: int, session: SessionDep, metric: MetricParam = None):
         return JSONResponse({"detail": [{"loc": ["query", "metric"], "msg": str(exc)}]}, status_code=422)
 
 
+@router.delete("/api/studies/{study_id}", status_code=204, responses=DELETE_ERRORS)
+def delete_study(study_id: int, session: SessionDep) -> None:
+    """Delete a study and all its runs; refused (409) while one of them is running: cancel it first."""
+    studies.delete_study(session, study_id=study_id)
+
+
 # --- pages -------------------------------------------------------------------------------------------
 
 @router.get("/studies", response_class=HTMLResponse, include_in_schema=False)
@@ -82,6 +89,18 @@ def study_page(request: Request, session: SessionDep, study_id: int, metric: Met
     context = {"nav": "studies", "study": view, "chart": svg_chart(view["curves"], list(view["arms"])),
                "higher": higher_is_better(view["metric"])}
     return templates.TemplateResponse(request, "study.html", context)
+
+
+@router.post("/studies/{study_id}/delete", include_in_schema=False)
+def delete_study_page(request: Request, session: SessionDep, study_id: int):
+    """The study page's Delete button (a plain form): back to the studies list, or the reason it was refused."""
+    try:
+        studies.delete_study(session, study_id=study_id)
+    except (studies.StudyNotFound, studies.RunStateError) as exc:
+        status = 404 if isinstance(exc, studies.StudyNotFound) else 409
+        return templates.TemplateResponse(request, "error.html", {"title": "Study not deleted", "message": str(exc)},
+                                          status_code=status)
+    return RedirectResponse("/studies", status_code=303)
 
 
 # --- the curves, drawn on the server -----------------------------------------------------------------

@@ -9,20 +9,23 @@
 (function () {
   "use strict";
 
-  const LAYERSYNC_FIELDS = ["layersync_student_block", "layersync_teacher_block", "layersync_lambda"];
-
   function form() { return document.getElementById("run-form"); }
   function input(f, name) { return f.elements.namedItem(name); }
 
-  // Disabled inputs are not submitted, so the server sees the same thing as when LayerSync is off.
+  // Every field of Training → Loss functions but the switch itself follows Enable LayerSync (the server's
+  // section lists them): hidden and disabled while it is off. Disabled inputs are not submitted, so the
+  // server sees the same thing as when LayerSync is off.
   function applyLayerSync() {
     const f = form();
     if (!f) return;
     const enabled = input(f, "layersync_enabled");
-    if (!enabled) return;
-    LAYERSYNC_FIELDS.forEach(function (name) {
-      const el = input(f, name);
-      if (el) el.disabled = !enabled.checked;
+    const section = document.getElementById("loss-functions");
+    if (!enabled || !section) return;
+    section.querySelectorAll("input, select").forEach(function (el) {
+      if (el === enabled) return;
+      el.disabled = !enabled.checked;
+      const wrapper = document.getElementById(el.id + "-field");
+      if (wrapper) wrapper.hidden = !enabled.checked;
     });
   }
 

@@ -1,10 +1,12 @@
 """Every integer a route takes (path, query, header) at the edges of the 64-bit range and beyond: an
-answer in words (422 naming the parameter, or 404 for a run id that names no run), never a 500.
+answer in words (422 naming the parameter, or 404 for a run or study id that names none), never a 500.
 
-The routes are read from the routers, so a route added later is tested too, and one whose integer is
-neither bounded (app.bounds) nor a run id fails here.
+The routes are read from every router module under app/routes, so a route (or a router) added later is
+tested too, and one whose integer is neither bounded (app.bounds) nor an id fails here.
 """
 
+import importlib
+import pkgutil
 import tempfile
 from pathlib import Path
 
@@ -14,14 +16,16 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
+import app.routes
 from app.main import create_app
 from app.metrics import record_points
 from app.models import SQL_INT_MAX
-from app.routes import api, auth, checkpoints, pages, run_page
 from tests.utils.server import app_settings
 
 EDGES = [0, -1, SQL_INT_MAX - 1, SQL_INT_MAX, SQL_INT_MAX + 1, 10**30, -(10**30), "x", "1.5", ""]
-RUN_IDS = ("run_id", "run")  # unbounded on purpose: any whole number is a 404 unless it names a run
+# unbounded on purpose: any whole number is a 404 unless it names one (the noun its message says)
+IDS = {"run_id": "run", "run": "run", "study_id": "study"}
+ROUTERS = [importlib.import_module(f"app.routes.{module.name}").router for module in pkgutil.iter_modules(app.routes.__path__)]
 TOP_STEPS = [5, SQL_INT_MAX - 1, SQL_INT_MAX]  # a series that reaches the largest step a column holds
 
 
@@ -34,14 +38,14 @@ def _params(dependant):
 
 
 def _integer_params():
-    for router in (api.router, pages.router, auth.router, run_page.router, checkpoints.router):
+    for router in ROUTERS:
         for route in router.routes:
             if not isinstance(route, APIRoute):
                 continue
             for where, param in _params(route.dependant):
                 if "int" in str(param.field_info.annotation):
                     for method in sorted(route.methods):
-                        yield method, route.path_format, where, param
+                        yield method, route.path_format, where, param, bool(route.dependant.body_params)
 
 
 def _bounds(param) -> tuple[int | None, int | None]:
@@ -52,13 +56,14 @@ def _bounds(param) -> tuple[int | None, int | None]:
 
 
 CASES = []
-for method, path, where, param in _integer_params():
+for method, path, where, param, body in _integer_params():
     low, high = _bounds(param)
     values = EDGES + [v for v in (low, high) if v is not None] + [v + d for v, d in ((low, -1), (high, 1)) if v is not None]
     for value in dict.fromkeys(values):
         if where == "path" and value == "":
             continue  # an empty segment is another URL
-        CASES.append(pytest.param(method, path, where, param, value, id=f"{method} {path} {where}:{param.alias}={value}"))
+        CASES.append(pytest.param(method, path, where, param, value, body,
+                                  id=f"{method} {path} {where}:{param.alias}={value}"))
 
 
 @pytest.fixture(scope="module")
@@ -74,19 +79,25 @@ def client():
         yield client
 
 
-def test_every_integer_is_bounded_or_is_a_run_id():
-    unbounded = [f"{path} {param.alias}" for _, path, _, param in _integer_params()
-                 if None in _bounds(param) and param.alias not in RUN_IDS]
+def test_every_router_is_walked():
+    assert {"/api/studies/{study_id}", "/api/probes", "/runs/{run_id}"} <= {route.path for r in ROUTERS for route in r.routes}
+
+
+def test_every_integer_is_bounded_or_is_an_id():
+    unbounded = [f"{path} {param.alias}" for _, path, _, param, _ in _integer_params()
+                 if None in _bounds(param) and param.alias not in IDS]
     assert unbounded == [], "bound these with a type from app.bounds, so that arithmetic on them stays in 64 bits"
 
 
-@pytest.mark.parametrize("method, path, where, param, value", CASES)
-def test_an_integer_at_the_edges_is_answered_in_words_never_500(client, method, path, where, param, value):
+@pytest.mark.parametrize("method, path, where, param, value, body", CASES)
+def test_an_integer_at_the_edges_is_answered_in_words_never_500(client, method, path, where, param, value, body):
     url = path.replace("{path}", "samples/none.png")
-    url = url.replace("{run_id}", str(value) if where == "path" and param.alias == "run_id" else "1")
+    for name in ("run_id", "study_id"):
+        url = url.replace(f"{{{name}}}", str(value) if where == "path" and param.alias == name else "1")
     query = {param.alias: value} if where == "query" else {}
     headers = {param.alias: str(value)} if where == "header" else {}
-    response = client.request(method, url, params=query, headers=headers, follow_redirects=False)
+    # a route with a body gets a valid one ({}: the demo's defaults), so the integer is its only problem
+    response = client.request(method, url, params=query, headers=headers, json={} if body else None, follow_redirects=False)
     low, high = _bounds(param)
     whole = isinstance(value, int)
     refused = not whole or (low is not None and value < low) or (high is not None and value > high)
@@ -97,8 +108,8 @@ def test_an_integer_at_the_edges_is_answered_in_words_never_500(client, method, 
         assert problem["loc"][:2] == [where, param.alias] and " must be " in problem["msg"], problem
     else:
         assert response.status_code != 422, response.text
-    if where == "path" and whole:  # none of them is run 1
-        assert response.status_code == 404 and f"run {value} does not exist" in response.text
+    if where == "path" and whole:  # none of them is run 1, and there is no study
+        assert response.status_code == 404 and f"{IDS[param.alias]} {value} does not exist" in response.text
 
 
 @pytest.mark.parametrize("since, steps", [

@@ -37,6 +37,11 @@ def test_loss_functions_holds_exactly_the_reference_controls():
         ("layersync_student_block", "Student Block"),
         ("layersync_teacher_block", "Teacher Block"),
         ("layersync_lambda", "Weight"),
+        ("layersync_lambda_schedule", "Weight schedule"),  # ours beyond the reference page: the weight over the run
+        ("layersync_lambda_end", "Final weight"),
+        ("layersync_lambda_warmup_steps", "Weight warm-up steps"),
+        ("layersync_stop_step", "Stop LayerSync at step"),
+        ("layersync_on_collapse", "On collapse"),
     ]
     helps = {f.key: f.help for f in section.fields}
     assert "24-layer models start with 8" in helps["layersync_student_block"]

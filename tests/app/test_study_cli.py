@@ -70,3 +70,20 @@ def test_a_bad_study_trains_nothing_and_says_every_problem_naming_its_arm(tmp_pa
     assert "  seeds.1: seed 'x': must be a whole number, got 'x'\n" in err
     assert "  config.max_train_steps: arms weak and baseline: must be at least 1, got 0\n" in err
     assert "  arms.weak.layersync_student_block: arm weak: LayerSync is enabled but no student block is set" in err
+
+
+def test_a_run_without_an_events_file_yet_is_waiting_not_failed(tmp_path, capsys):
+    from app.studycli import print_report
+
+    for arm, values in (("layersync", [0.5, 0.4]), ("baseline", [0.6, 0.5])):
+        run_dir = tmp_path / f"{arm}-seed0"
+        run_dir.mkdir()
+        lines = [{"event": "metric", "step": step, "val_diffusion_loss": v} for step, v in zip((5, 10), values, strict=True)]
+        lines.append({"event": "end", "status": "completed"})
+        (run_dir / "events.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (tmp_path / "layersync-seed1").mkdir()  # seed 1: not trained yet, no events file (its baseline not even a folder)
+    code = print_report(tmp_path, arms=["layersync", "baseline"], seeds=[0, 1], baseline="baseline", metric="val_diffusion_loss")
+    assert code == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["pending"] == [1] and report["left_out"] == []
+    assert "failed" not in capsys.readouterr().out

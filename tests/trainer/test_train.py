@@ -20,7 +20,8 @@ from trainer.models import FamilyImplementation, demo
 from trainer.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
-METRIC_KEYS = {"step", "loss", "diffusion_loss", "layersync_loss", "layersync_similarity", "lr", "step_time"}
+METRIC_KEYS = {"step", "loss", "diffusion_loss", "layersync_loss", "layersync_similarity", "lr", "step_time",
+               "layersync_lambda", "layersync_span_update"}
 
 
 def run(tmp_path, tiny_model_dir, name="run", **overrides):
@@ -176,7 +177,8 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_and_cancelled(tmp_path, 
     assert events[-2]["event"] == "log" and "resume" in events[-2]["message"]
     checkpoint = [e for e in events if e["event"] == "checkpoint"][-1]
     assert checkpoint["step"] == end["step"]
-    assert json.loads((out / checkpoint["path"] / "state.json").read_text()) == {"step": end["step"]}
+    state = json.loads((out / checkpoint["path"] / "state.json").read_text())
+    assert state["step"] == end["step"] and state.keys() == {"step", "layersync_guard"}  # the collapse guard's state too
 
 
 def test_a_second_ctrl_c_stops_at_once_but_a_repeated_sigterm_does_not():
@@ -215,7 +217,8 @@ def test_the_fp16_loss_scale_is_checkpointed_and_restored(tmp_path):
 
 @pytest.mark.parametrize("overrides, absent", [
     ({"layersync_pairs": [[4, 12]], "max_grad_norm": 0.0}, {"grad_norm"}),
-    ({"layersync_enabled": False}, {"layersync_similarity"}),
+    ({"layersync_enabled": False}, {"layersync_similarity", "layersync_lambda", "layersync_span_update"}),
+    ({"layersync_teacher_block": 9}, {"layersync_span_update"}),  # 8 → 9: no block between them
 ])
 def test_every_metric_event_has_every_key_and_none_for_what_is_off(tmp_path, tiny_model_dir, overrides, absent):
     _, events, _ = run(tmp_path, tiny_model_dir, max_train_steps=4, validation_steps=0, checkpointing_steps=0, **overrides)
@@ -228,7 +231,7 @@ def test_every_metric_event_has_every_key_and_none_for_what_is_off(tmp_path, tin
     if pairs:
         assert metrics[0]["layersync_similarity"] == pytest.approx(
             (metrics[0]["layersync_similarity/8-16"] + metrics[0]["layersync_similarity/4-12"]) / 2)
-    else:
+    elif overrides.get("layersync_enabled") is False:
         assert all(m["layersync_loss"] == 0 and m["loss"] == m["diffusion_loss"] for m in metrics)
 
 
