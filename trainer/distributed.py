@@ -83,11 +83,12 @@ class Distributed:
         per = n // self.world_size
         return slice(self.rank * per, (self.rank + 1) * per)
 
-    def wrap(self, model: nn.Module, how: str) -> nn.Module:
+    def wrap(self, model: nn.Module, how: str, trial_backward=None) -> nn.Module:
         """The module the forwards go through: the model itself (one process), DDP, or the model sharded by FSDP2.
 
-        DDP's static graph: the same blocks run every step, and a frozen or unused parameter (a LoRA run's
-        base, a family's unused embedding) needs no search for unused parameters each step."""
+        ``trial_backward`` runs one forward and backward of the raw model: a trainable parameter it leaves
+        without a gradient (a family's unused embedding) makes DDP look for unused parameters every step,
+        which only such models pay for. (DDP's static graph would avoid that, but it breaks no_sync.)"""
         if not self.active:
             return model
         if how == "fsdp":
@@ -99,7 +100,8 @@ class Distributed:
             self._sharded = True
             return model
         device_ids = [self.local_rank] if self.backend == "nccl" else None
-        self._ddp = _DataParallel(model, device_ids=device_ids, static_graph=True)
+        unused = _unused_parameters(model, trial_backward) if trial_backward is not None else []
+        self._ddp = _DataParallel(model, device_ids=device_ids, find_unused_parameters=bool(unused))
         return self._ddp
 
     def no_sync(self, last: bool):
@@ -107,6 +109,10 @@ class Distributed:
         if last or self._ddp is None:
             return nullcontext()
         return self._ddp.no_sync()
+
+    def full(self, tensor):
+        """A plain tensor of a value FSDP2 gives as a DTensor (the clipped gradients' norm); others as they are."""
+        return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
     def mean_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Average ``tensor`` over the ranks, in place (a no-op for one process)."""
@@ -169,6 +175,17 @@ def set_up_distributed(device: torch.device) -> Distributed:
     control = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT) if backend != "gloo" else None
     return Distributed(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, backend=backend,
                        _control=control)
+
+
+def _unused_parameters(model: nn.Module, trial_backward) -> list[str]:
+    """The trainable parameters that one trial forward and backward leaves without a gradient (the global RNG
+    is kept as it was, so the trial changes nothing of the run)."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and next(model.parameters()).is_cuda else []
+    with torch.random.fork_rng(devices=devices):
+        trial_backward()
+    unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    model.zero_grad(set_to_none=True)
+    return unused
 
 
 def _blocks_to_shard(model: nn.Module) -> list[nn.Module]:

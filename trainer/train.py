@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from trainer.checkpoint import save_checkpoint
 from trainer.config import ConfigError, TrainConfig, config_to_json
-from trainer.distributed import Distributed, RankEvents, env_rank, micro_batches, scratch_dir, set_up_distributed
+from trainer.distributed import Distributed, RankEvents, env_rank, env_world_size, micro_batches, scratch_dir, set_up_distributed
 from trainer.ema import EMA
 from trainer.events import EventWriter
 from trainer.models import implementation
@@ -124,6 +124,7 @@ def train(config: TrainConfig, output_dir: str | Path, progress: bool = False, e
     dist = Distributed()
     try:
         with StopRequest() as stop:
+            refuse_multi_process(config, env_world_size())  # before joining a process group that cannot train it
             dist = set_up_distributed(pick_device())
             status, step = _train(config, output_dir, events, stop, samplers, progress, dist)
         events.emit("end", status=status, step=step)
@@ -153,7 +154,6 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
            progress: bool, dist: Distributed):
     # ---- set up -----------------------------------------------------------------------------
     events.emit("status", status="starting", world_size=dist.world_size)
-    refuse_multi_process(config, dist.world_size)
     for notice in config.notices():
         events.log(notice, level="warning")
     device = dist.device(pick_device())
@@ -171,7 +171,13 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
     layersync, capture = set_up_layersync(config, impl, objective, model, blocks, data, device, precision, events.log)
 
     n_params = sum(p.numel() for p in model.parameters())  # counted before FSDP shards them
-    forward_model = dist.wrap(model, config.distributed)  # the model itself, DDP, or sharded (FSDP2)
+    def trial_backward():  # which parameters a step leaves without gradients (DDP must know)
+        latents, cond = next(data.eval_batches(2))
+        with autocast:
+            pred = impl.predict(model, latents, objective.eval_timesteps(len(latents), device), cond)
+        pred.float().mean().backward()
+
+    forward_model = dist.wrap(model, config.distributed, trial_backward)  # the model itself, DDP, or sharded (FSDP2)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(config, params, device)
     ema = EMA(model, config.ema_decay) if config.use_ema else None
@@ -260,7 +266,7 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
 
         # log: running means by name on the device, read back only here (averaged over the ranks) and reset
         if grad_norm is not None:
-            values["grad_norm"] = grad_norm
+            values["grad_norm"] = dist.full(grad_norm)
         means.add(values)
         if bar is not None:
             bar.update(1)
