@@ -206,14 +206,14 @@ class Scheduler:
         return started
 
     def _refuse(self, session: Session, run: Run, reason: str) -> None:
-        event = server_event("end", status=RunStatus.FAILED, step=run.step, reason=reason)
+        """Fail a queued run this server can never start (a queued run fails through its claim, as a failed start does)."""
+        event = server_event("status", status="starting", message="claimed to be refused: " + reason)
         try:
-            transition(session, run_id=run.id, to=RunStatus.FAILED, expected=RunStatus.QUEUED, event=event, error=reason)
-        except RunChanged:
+            transition(session, run_id=run.id, to=RunStatus.RUNNING, expected=RunStatus.QUEUED, event=event)
+        except RunChanged:  # cancelled or deleted meanwhile
             session.rollback()
             return
-        session.commit()
-        log.warning("run %s: %s", run.id, reason)
+        self._fail_start(session, run, reason)
 
     def _launch(self, session: Session, run_id: int, device: str, processes: int = 1) -> None:
         run = session.get(Run, run_id)
