@@ -15,6 +15,7 @@ from app.main import create_app
 from app.settings import Settings
 from app.studycli import study_main
 from trainer.cli import probe_main, train_main
+from trainer.export_cli import export_main
 from trainer.families import FAMILIES
 
 SHUTDOWN_SECONDS = 3
@@ -25,6 +26,7 @@ COMMANDS = {
     "families": "list the model families",
     "probe": "map a model's blocks and suggest a student → teacher pair (see layersync probe --help)",
     "study": "train paired runs here and report whether LayerSync helped (see layersync study --help)",
+    "export": "list a run's weights, or export them as a diffusers pipeline or a kohya LoRA (see layersync export --help)",
 }
 
 
@@ -100,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         return probe_main(argv[1:])
     if argv[0] == "study":
         return study_main(argv[1:])
+    if argv[0] == "export":
+        return export_main(argv[1:])
     return train_main(argv[1:])
 
 

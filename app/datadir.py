@@ -1,4 +1,4 @@
-"""A data dir belongs to one server at a time.
+"""A data dir belongs to one server at a time (SQLite).
 
 Two servers on one data dir would each take the other's runs for its own: one that does not know
 a worker's pid fails a run that is training, and a resume then starts a second worker in the same
@@ -27,9 +27,11 @@ class DataDirInUse(RuntimeError):
 
 
 def _locks_its_data_dir(settings: Settings) -> bool:
-    # SQLite: the database lives with the runs and serves one server. Several servers sharing a
-    # PostgreSQL database is a case of its own (which server follows which run) that is not handled
-    # yet, so no lock is taken there: run one server per data dir.
+    # SQLite: the database lives with the runs and serves one server. Servers sharing a PostgreSQL
+    # database on one machine are allowed, on one data dir or each on its own: each queued run is
+    # claimed by one of them (app.scheduler._next_queued), any of them follows any run's events file
+    # (app.follower claims the bytes), and a run's worker is told alive by its pid and its folder's
+    # lock, which every server on the machine sees. So no lock is taken there.
     return settings.db_url.startswith("sqlite")
 
 

@@ -105,6 +105,29 @@ HELP = {
 }
 
 
+# ---- objectives: each family's timesteps and loss weighting, aspect buckets (trainer/timesteps.py, trainer/buckets.py)
+OBJECTIVE_KEYS = ("weighting_scheme", "logit_mean", "logit_std", "mode_scale", "flow_schedule_shift",
+                  "flow_schedule_auto_shift", "snr_gamma", "noise_offset")
+LABELS.update({
+    "weighting_scheme": "Timestep weighting", "logit_mean": "Logit mean", "logit_std": "Logit std", "mode_scale": "Mode scale",
+    "flow_schedule_shift": "Flow schedule shift", "flow_schedule_auto_shift": "Shift by resolution", "snr_gamma": "Min-SNR gamma",
+    "noise_offset": "Noise offset", "repeats": "Repeats", "validation_resolution": "Validation resolution",
+})
+# a yes/no whose unset value means something of its own (the model's scheduler config): a select, not a checkbox
+TRISTATE = {"flow_schedule_auto_shift": [("", "as the model's scheduler config"), ("true", "on"), ("false", "off")]}
+HELP.update({
+    "weighting_scheme": "Flow families: how training timesteps are drawn. uniform (the demo and the paper); logit_normal "
+    "(SD3's trainers, with Logit mean and std); mode (with Mode scale).",
+    "flow_schedule_shift": "Flow families: shifts the timesteps toward noise as the model's scheduler does (SD3: 3). Empty: "
+    "the value in the model's scheduler config; 1 or 0: unshifted.",
+    "flow_schedule_auto_shift": "Flow families: shift by each image's token count, as Flux's pipeline does at inference. "
+    "Empty: the model's scheduler config (use_dynamic_shifting).",
+    "snr_gamma": "DDPM families (PixArt, SDXL, Kolors): min-SNR loss weighting; 5 is the usual value. Empty: off.",
+    "center_crop": "On: every image center-cropped to a square. Off (SimpleTuner's default): aspect-ratio buckets of about "
+    "resolution² pixels, each image kept whole, each batch from one bucket.",
+})
+
+
 @dataclass(frozen=True)
 class FormField:
     key: str
@@ -128,6 +151,8 @@ def _kind(key: str) -> tuple[str, list[tuple[str, str]]]:
     """The input kind of a schema key, read from its type annotation."""
     if key == "model_family":
         return "select", [(name, family.label) for name, family in FAMILIES.items() if family.unsupported is None]
+    if key in TRISTATE:
+        return "select", TRISTATE[key]
     annotation = FIELDS[key].annotation
     if typing.get_origin(annotation) is typing.Literal:
         return "select", [(value, value) for value in typing.get_args(annotation)]
@@ -157,7 +182,7 @@ SECTIONS = [
         "data",
         "Data",
         ["instance_data_dir", "caption_extension", "center_crop", "num_frames", "audio_duration", "cache_dir",
-         "validation_prompt"],
+         "validation_prompt", "validation_resolution", "repeats"],
         note="The demo family trains on the built-in digits (scikit-learn's handwritten digits, no download). "
         "Every other family encodes the data folder once with its pipeline's VAE and text encoders.",
     ),
@@ -171,6 +196,9 @@ SECTIONS = [
         ],
     ),
     _section("loss-functions", "Loss functions", ["layersync_enabled", *LAYERSYNC_KEYS], parent="training"),
+    _section("objective", "Timesteps and loss weighting", list(OBJECTIVE_KEYS), parent="training",
+             note="Each family trains with its own objective: flow families take the timestep keys, DDPM families "
+             "(PixArt, SDXL, Kolors) Min-SNR gamma; Noise offset applies to both. The demo keeps uniform timesteps."),
     _section(
         "advanced",
         "Advanced",

@@ -13,7 +13,7 @@ from app.datadir import hold_data_dir
 from app.db import create_schema, make_engine
 from app.follower import follow_forever
 from app.pubsub import Broker
-from app.routes import api, auth, pages, probes, studies
+from app.routes import api, auth, checkpoints, pages, probes, run_page, studies
 from app.scheduler import Scheduler
 from app.settings import Settings
 from app.sse import feed_forever
@@ -46,7 +46,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="LayerSync Studio", lifespan=lifespan)
     errors.install(app)
     app.include_router(api.router)
+    app.include_router(checkpoints.router)
     app.include_router(pages.router)
+    app.include_router(run_page.router)  # after pages: /runs/new before /runs/{run_id}
     app.include_router(probes.router)
     app.include_router(studies.router)
     app.include_router(auth.router)

@@ -6,10 +6,14 @@ from enum import Enum
 from typing import Any
 
 from pydantic import create_model, field_validator
-from sqlalchemy import JSON, Column, Index
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer
 from sqlmodel import Field, SQLModel
 
 SQL_INT_MAX = 2**63 - 1  # the largest integer a column holds: ids and steps beyond it are refused before a query
+
+# ids, steps, offsets and times in ms may pass 2**31: 64 bits on PostgreSQL (revision 0003). SQLite's
+# INTEGER is 64 bits already, and only "INTEGER PRIMARY KEY" is its rowid (AUTOINCREMENT), so it keeps that
+BigInt = BigInteger().with_variant(Integer(), "sqlite")
 
 # metric points are summarised per block of this many steps, so a long series is downsampled
 # from ~1/64 of its rows (see app.metrics)
@@ -47,7 +51,7 @@ class RunBase(SQLModel):
 class Run(RunBase, table=True):
     # ids are never reused after a delete: a run's URL, folder and event ids stay its own
     __table_args__ = {"sqlite_autoincrement": True}
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInt)
     config: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     status: str = Field(default=RunStatus.QUEUED, index=True)
     created_at: datetime = Field(default_factory=utcnow)
@@ -56,15 +60,15 @@ class Run(RunBase, table=True):
     output_dir: str = ""
     pid: int | None = None
     # the worker's start time: a pid the system gave to another process is not the worker
-    pid_started: int | None = None
+    pid_started: int | None = Field(default=None, sa_type=BigInt)
     queued_at: datetime | None = Field(default_factory=utcnow)  # the queue's order; a resume queues again
     slot: str | None = None  # the GPU id the worker was given, or "cpu"
     error: str | None = None  # why it failed, in words
-    step: int = 0  # the last step the worker reported
+    step: int = Field(default=0, sa_type=BigInt)  # the last step the worker reported
     last_metrics: dict[str, float] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     last_checkpoint: str | None = None
     cancel_requested: bool = False
-    events_offset: int = 0  # bytes of events.jsonl already stored: a restarted server resumes here
+    events_offset: int = Field(default=0, sa_type=BigInt)  # bytes of events.jsonl already stored: a restarted server resumes here
 
 
 # the server's own columns, which the API does not answer: where the run's folder is on the server's
@@ -106,9 +110,9 @@ class Metric(SQLModel, table=True):
 
     # (run_id, name, step) in that order: one series is one range of the primary key
     __table_args__ = {"sqlite_with_rowid": False}
-    run_id: int = Field(primary_key=True, foreign_key="run.id")
+    run_id: int = Field(primary_key=True, foreign_key="run.id", sa_type=BigInt)
     name: str = Field(primary_key=True)
-    step: int = Field(primary_key=True)
+    step: int = Field(primary_key=True, sa_type=BigInt)
     value: float
 
 
@@ -116,13 +120,13 @@ class MetricBlock(SQLModel, table=True):
     """The smallest and largest point of a series within steps [block*BLOCK_STEPS, (block+1)*BLOCK_STEPS)."""
 
     __table_args__ = {"sqlite_with_rowid": False}
-    run_id: int = Field(primary_key=True, foreign_key="run.id")
+    run_id: int = Field(primary_key=True, foreign_key="run.id", sa_type=BigInt)
     name: str = Field(primary_key=True)
-    block: int = Field(primary_key=True)
-    count: int
-    min_step: int
+    block: int = Field(primary_key=True, sa_type=BigInt)
+    count: int = Field(sa_type=BigInt)
+    min_step: int = Field(sa_type=BigInt)
     min_value: float
-    max_step: int
+    max_step: int = Field(sa_type=BigInt)
     max_value: float
 
 
@@ -132,8 +136,8 @@ class RunEvent(SQLModel, table=True):
     # AUTOINCREMENT: a deleted run's last seq is never given out again, or a live stream (which sends
     # seq > the last it sent) would skip the next events
     __table_args__ = (Index("ix_runevent_run_seq", "run_id", "seq"), {"sqlite_autoincrement": True})
-    seq: int | None = Field(default=None, primary_key=True)
-    run_id: int = Field(foreign_key="run.id")
+    seq: int | None = Field(default=None, primary_key=True, sa_type=BigInt)
+    run_id: int = Field(foreign_key="run.id", sa_type=BigInt)
     kind: str
     data: str
 
@@ -142,7 +146,7 @@ class Study(SQLModel, table=True):
     """Paired runs: one per (arm, seed), each arm the base config with its overrides (app.studies)."""
 
     __table_args__ = {"sqlite_autoincrement": True}
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInt)
     name: str = Field(max_length=200)
     config: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))  # the base config, as posted
     seeds: list[int] = Field(sa_column=Column(JSON, nullable=False))
@@ -155,7 +159,7 @@ class StudyRun(SQLModel, table=True):
     foreign key added to ``run`` makes SQLite rebuild that table, and the rebuilt table forgets the ids
     given out to deleted runs (AUTOINCREMENT), which would then be given out again."""
 
-    run_id: int = Field(primary_key=True, foreign_key="run.id")  # a run belongs to one study at most
-    study_id: int = Field(foreign_key="study.id", index=True)
+    run_id: int = Field(primary_key=True, foreign_key="run.id", sa_type=BigInt)  # a run belongs to one study at most
+    study_id: int = Field(foreign_key="study.id", index=True, sa_type=BigInt)
     arm: str
-    seed: int
+    seed: int = Field(sa_type=BigInt)

@@ -43,6 +43,8 @@ REASON_LINES = 20
 # worker that keeps training through the SIGTERM is killed after this many graces in all
 CANCEL_GRACE_LIMIT = 6
 EXIT_WAIT_SECONDS = 30.0  # how long an ended run's slot waits for its worker to exit
+# a run claimed this long ago without a worker's pid is one whose server stopped while launching it
+LAUNCH_GRACE_SECONDS = 30.0
 LOW_DISK_BYTES = 16 << 20  # less free space than this where a run writes: the likely cause of its end
 
 
@@ -66,10 +68,12 @@ class Scheduler:
 
     def _settle_ended_workers(self) -> bool:
         with Session(self.engine) as session:
-            query = select(Run.id, Run.pid, Run.pid_started, Run.cancel_requested, Run.output_dir)
+            query = select(Run.id, Run.pid, Run.pid_started, Run.cancel_requested, Run.output_dir, Run.started_at)
             running = list(session.exec(query.where(Run.status == RunStatus.RUNNING)))
         settled = False
-        for run_id, pid, started, cancel_requested, output_dir in running:
+        for run_id, pid, started, cancel_requested, output_dir, claimed_at in running:
+            if pid is None and claimed_at is not None and utcnow() - claimed_at < timedelta(seconds=LAUNCH_GRACE_SECONDS):
+                continue  # claimed a moment ago: the server that claimed it (maybe another on this database) is launching it
             if pid is not None and self.workers.alive(pid, started):
                 if cancel_requested:
                     self._enforce_cancel(run_id, pid, started)
@@ -178,7 +182,7 @@ class Scheduler:
             free = self._free_devices(session)
             self.probes.start(free)  # first: a probe holds its slot for minutes, a run for hours
             while free:
-                run = session.exec(select(Run).where(Run.status == RunStatus.QUEUED).order_by(*QUEUE_ORDER)).first()
+                run = _next_queued(session)
                 if run is None:
                     break
                 run_id, processes = run.id, processes_of(run.config)
@@ -270,6 +274,18 @@ class Scheduler:
             except Exception:  # noqa: BLE001 - one bad tick (a locked database, a full disk) must not stop scheduling
                 log.exception("scheduling runs failed; retrying")
             await asyncio.sleep(TICK_SECONDS)
+
+
+def _next_queued(session: Session) -> Run | None:
+    """The oldest queued run, for the caller to claim (transition to running, expecting queued) and commit.
+
+    Several servers may share one PostgreSQL database: FOR UPDATE SKIP LOCKED locks the row until the
+    claim commits, and a second server's scheduler passes over it to the next queued run instead of
+    waiting on it. SQLite renders no FOR UPDATE; there the claim's conditional update is what decides:
+    of two writers (a single writer at a time) the second matches no queued row and is told RunChanged.
+    Either way a queued run is launched once."""
+    query = select(Run).where(Run.status == RunStatus.QUEUED).order_by(*QUEUE_ORDER).limit(1)
+    return session.exec(query.with_for_update(skip_locked=True)).first()
 
 
 def _where(device: str, processes: int = 1) -> str:

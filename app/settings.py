@@ -11,7 +11,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LAYERSYNC_")
 
     data_dir: Path = Field(Path("layersync-data"), description="Holds layersync.db and runs/<id>/.")
-    database_url: str | None = Field(None, description="SQLAlchemy URL; empty: SQLite at DATA_DIR/layersync.db.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL, e.g. postgresql://user:password@host/db (psycopg 3: the postgres extra; several "
+        "servers on one machine may share it); empty: SQLite at DATA_DIR/layersync.db (one server per data dir).",
+    )
     worker_slots: int | None = Field(
         None, ge=0, description="Runs that train at once; empty: one per visible GPU, one on a CPU-only machine; 0: none."
     )

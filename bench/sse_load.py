@@ -8,6 +8,10 @@ Then it stores a 1M-point series and times GET /metrics downsampled to 2k points
 
     python bench/sse_load.py                  # about a minute
     python bench/sse_load.py --clients 1 100 --rate 20 --seconds 5
+    python bench/sse_load.py --clients 100 --postgres "$(.ci/postgres)"   # SQLite, then PostgreSQL, side by side
+
+With --postgres URL (a PostgreSQL server, e.g. the one .ci/postgres starts) each N runs twice: on
+SQLite, then on a fresh database of that server, so the two delays are measured in one run.
 
 Goals: p95 ≤ 250 ms at N = 1 and ≤ 1 s at N = 500; the 1M-point fetch ≤ 150 ms.
 """
@@ -23,6 +27,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,8 +110,28 @@ def request(url: str, method: str = "GET", body: bytes | None = None) -> dict:
         return json.load(response)
 
 
-def start_server(data_dir: Path, port: int, worker_command: list[str], slots: int = 1) -> subprocess.Popen:
+@contextmanager
+def postgres_database(server_url: str):
+    """A new database on the PostgreSQL server, dropped afterwards; yields its URL."""
+    import psycopg
+    from sqlalchemy import make_url
+
+    name, admin_url = f"layersync_bench_{uuid.uuid4().hex[:12]}", make_url(server_url).set(drivername="postgresql")
+    with psycopg.connect(admin_url.render_as_string(hide_password=False), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin_url.render_as_string(hide_password=False), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def start_server(data_dir: Path, port: int, worker_command: list[str], slots: int = 1,
+                 database_url: str | None = None) -> subprocess.Popen:
     env = dict(os.environ, LAYERSYNC_WORKER_COMMAND=json.dumps(worker_command), LAYERSYNC_WORKER_SLOTS=str(slots))
+    env.pop("LAYERSYNC_DATABASE_URL", None)
+    if database_url:
+        env["LAYERSYNC_DATABASE_URL"] = database_url
     server = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -125,20 +151,23 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
 
-def run_load(clients: int, rate: float, seconds: float) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+def run_load(clients: int, rate: float, seconds: float, postgres: str | None = None) -> None:
+    """One N on SQLite, or on a fresh database of the PostgreSQL server ``postgres``."""
+    database = postgres_database(postgres) if postgres else nullcontext(None)
+    with tempfile.TemporaryDirectory() as tmp, database as database_url:
         port = free_port()
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--rate", str(rate), "--seconds", str(seconds)]
-        server = start_server(Path(tmp), port, command)
+        server = start_server(Path(tmp), port, command, database_url=database_url)
         try:
             run = request(f"http://127.0.0.1:{port}/api/runs", "POST", b"{}")
-            go = Path(run["output_dir"]) / "go"
+            go = Path(tmp) / "runs" / str(run["id"]) / "go"  # the run's folder (the API does not answer it)
             delays = asyncio.run(load(port, run["id"], clients, go))
         finally:
             server.terminate()
             server.wait(timeout=10)
     expected = clients * int(rate * seconds)
-    print(f"N={clients:4d}: {len(delays)}/{expected} events, delay p50 {percentile(delays, 50) * 1000:6.1f} ms, "
+    backend = "postgresql" if postgres else "sqlite"
+    print(f"N={clients:4d} {backend:>10}: {len(delays)}/{expected} events, delay p50 {percentile(delays, 50) * 1000:6.1f} ms, "
           f"p95 {percentile(delays, 95) * 1000:6.1f} ms, max {max(delays) * 1000:6.1f} ms", flush=True)
 
 
@@ -183,6 +212,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="how long the worker writes")
     parser.add_argument("--points", type=int, default=1_000_000)
     parser.add_argument("--max-points", type=int, default=2000)
+    parser.add_argument("--postgres", metavar="URL", help="also run each N on a fresh database of this PostgreSQL server")
+    parser.add_argument("--no-fetch", action="store_true", help="skip the 1M-point fetch")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--output-dir", help=argparse.SUPPRESS)
     args, _ = parser.parse_known_args()  # the worker is also given --config and --no-progress
@@ -191,7 +222,10 @@ def main() -> int:
     print(f"{os.cpu_count()} CPUs; worker writes {args.rate:g} metric events/s for {args.seconds:g} s", flush=True)
     for clients in args.clients:
         run_load(clients, args.rate, args.seconds)
-    run_fetch(args.points, args.max_points)
+        if args.postgres:
+            run_load(clients, args.rate, args.seconds, args.postgres)
+    if not args.no_fetch:
+        run_fetch(args.points, args.max_points)
     return 0
 
 

@@ -1,5 +1,10 @@
 """Checkpoints: a folder per step holding the weights (diffusers layout, safetensors), the EMA
-weights, the optimizer, the step and the whole run config, so one folder describes the run."""
+weights, the optimizer, the step and the whole run config, so one folder describes the run.
+
+A LoRA checkpoint holds ``pytorch_lora_weights.safetensors`` as the family's pipeline writes it
+(trainer/lora_format.py), so ``pipe.load_lora_weights(checkpoint_folder)`` applies it; a full one holds
+``transformer/`` (``<Transformer class>.from_pretrained`` loads it). Once a run completes, ``final/``
+holds its last weights alone, in the same layouts (trainer/outputs.py lists them all)."""
 
 import json
 import os
@@ -9,8 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-CHECKPOINTS = "checkpoints"
-LORA_FILE = "adapter_model.safetensors"
+from trainer.lora_format import load_lora, save_lora
+from trainer.outputs import CHECKPOINTS, FINAL, RUN_CONFIG_FILE, STATE_FILE, checkpoint_kind
 
 
 def is_lora(model) -> bool:
@@ -34,10 +39,7 @@ def save_checkpoint(output_dir, step, model, optimizer, config: dict, ema=None, 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     if is_lora(model):  # the adapter only; the frozen weights are the pretrained model's
-        from peft import get_peft_model_state_dict
-
-        (tmp / "lora").mkdir()
-        save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()}, tmp / "lora" / LORA_FILE)
+        save_lora(tmp, model, config)
     else:
         model.save_pretrained(tmp / "transformer", safe_serialization=True)
     if ema is not None:
@@ -46,7 +48,7 @@ def save_checkpoint(output_dir, step, model, optimizer, config: dict, ema=None, 
     if scaler is not None and scaler.is_enabled():  # fp16: the loss scale is part of the training state
         torch.save(scaler.state_dict(), tmp / "scaler.pt")
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    (tmp / "state.json").write_text(json.dumps({"step": step}))
+    (tmp / STATE_FILE).write_text(json.dumps({"step": step}))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     if total_limit:
@@ -69,13 +71,10 @@ def find_checkpoint(output_dir, which: str) -> Path | None:
 
 def load_checkpoint(path: Path, model, optimizer, ema=None, scaler=None) -> int:
     """Restore weights, optimizer, EMA and loss scale in place; return the step the checkpoint was taken at."""
-    device = str(next(model.parameters()).device)
-    if (path / "lora" / LORA_FILE).is_file():
-        from peft import set_peft_model_state_dict
-
+    if checkpoint_kind(path) == "lora":  # either layout: this trainer's older lora/ folder is still read
         if not is_lora(model):
             raise ValueError(f"{path} holds a LoRA adapter but this run trains the full model: set model_type to lora")
-        set_peft_model_state_dict(model, load_file(path / "lora" / LORA_FILE, device=device))
+        load_lora(path, model)
     else:
         if is_lora(model):
             raise ValueError(f"{path} holds full weights but this run trains a LoRA: set model_type to full")
@@ -97,3 +96,30 @@ def load_checkpoint(path: Path, model, optimizer, ema=None, scaler=None) -> int:
     if scaler is not None and scaler.is_enabled() and (path / "scaler.pt").is_file():
         scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
     return json.loads((path / "state.json").read_text())["step"]
+
+
+def save_final(output_dir, step, model, config: dict, ema=None) -> Path:
+    """The completed run's weights alone in ``final/``, ready to load: ``pipe.load_lora_weights("final")``
+    for a LoRA, ``<Transformer class>.from_pretrained("final")`` for a full fine-tune. With EMA, the averaged
+    weights go in ``final/ema/`` in the same layout. Written beside and renamed, like a checkpoint."""
+    root = Path(output_dir)
+    final, tmp = root / FINAL, root / f".tmp_{FINAL}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    _save_weights(tmp, model, config)
+    if ema is not None:
+        with ema.applied(model):
+            _save_weights(tmp / "ema", model, config)
+    (tmp / RUN_CONFIG_FILE).write_text(json.dumps(config, indent=2))  # config.json is the model's own here
+    (tmp / STATE_FILE).write_text(json.dumps({"step": step, "kind": "lora" if is_lora(model) else "full"}))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def _save_weights(folder: Path, model, config: dict) -> None:
+    if is_lora(model):
+        folder.mkdir(parents=True, exist_ok=True)
+        save_lora(folder, model, config)
+    else:
+        model.save_pretrained(folder, safe_serialization=True)

@@ -79,6 +79,7 @@ def rule_problems(config, family: Family) -> Problems:
             problems.append(("layersync_lambda", (
                 f"LayerSync weight must be > 0, got {config.layersync_lambda}: keep the default 0.2 if unsure, "
                 "or turn LayerSync off")))
+    problems += objective_problems(config, family)
     problems += distributed_problems(config)
     return problems
 
@@ -97,6 +98,40 @@ def distributed_problems(config) -> Problems:
     if config.distributed == "fsdp" and config.use_ema:
         problems.append(("use_ema", "use_ema is not supported with distributed fsdp (the EMA copy is not sharded): "
                                     "turn use_ema off, or use distributed ddp"))
+    return problems
+
+
+# ---- objectives: each family's timesteps and loss weighting, the sample size ----------------------
+
+
+def objective_problems(config, family: Family) -> Problems:
+    """Keys of one objective set on a family trained with the other, and a sample size the model cannot make."""
+    problems = []
+    if family.objective == "ddpm":
+        flow_only = {
+            "weighting_scheme": config.weighting_scheme != "uniform",
+            "flow_schedule_shift": config.flow_schedule_shift is not None,
+            "flow_schedule_auto_shift": bool(config.flow_schedule_auto_shift),
+        }
+        for key, is_set in flow_only.items():
+            if is_set:
+                problems.append((key, (
+                    f"{key} is for flow-matching families, but {family.label} trains with DDPM noise and integer "
+                    "timesteps: leave it unset (its knobs are snr_gamma and noise_offset)")))
+    elif config.snr_gamma is not None:
+        problems.append(("snr_gamma", (
+            f"snr_gamma (min-SNR weighting) is for DDPM families, but {family.label} trains with flow matching: leave it "
+            "unset, and use weighting_scheme logit_normal or mode to weigh the timesteps")))
+    size = config.validation_resolution
+    if size is not None and family.builtin_config is not None and config.pretrained_model_name_or_path is None:
+        if size != config.resolution:
+            problems.append(("validation_resolution", (
+                f"the built-in demo model samples at its training resolution {config.resolution}: leave "
+                "validation_resolution empty")))
+    elif size is not None and size % family.resolution_multiple:
+        problems.append(("validation_resolution", (
+            f"validation_resolution {size} is not a multiple of {family.resolution_multiple} ({family.label}'s VAE and "
+            f"patch size): use {_multiple_advice(size, family.resolution_multiple)}")))
     return problems
 
 
@@ -205,6 +240,9 @@ def config_notices(data: Mapping) -> list[tuple[str, str]]:
                                  "they are ignored")))
     if family is not None and family.builtin_config is not None and data.get("instance_data_dir"):
         notes.append(("instance_data_dir", f"instance_data_dir is ignored: the {family.label} trains on its built-in data"))
+    if _on(data.get("flow_schedule_auto_shift")) and data.get("flow_schedule_shift") not in (None, ""):
+        notes.append(("flow_schedule_shift", ("flow_schedule_shift is ignored: flow_schedule_auto_shift shifts the "
+                                              "timesteps by each image's token count instead")))
     if not enabled:
         return notes
     depth = _depth(family, data)

@@ -24,7 +24,7 @@ UPSTREAM_FLAGS = {
 
 
 def _is_bool(field) -> bool:
-    return field.annotation is bool
+    return field.annotation is bool or field.annotation == bool | None  # a bare --flag is true either way
 
 
 def build_parser(prog: str = "layersync train") -> argparse.ArgumentParser:

@@ -96,7 +96,10 @@ class TrainConfig(BaseModel):
         description="Folder of training images (videos, audio) with same-named .txt captions, or of pre-encoded .safetensors examples.",
     )
     caption_extension: str = Field(".txt", max_length=32, description="Extension of the caption files beside each example.")
-    center_crop: bool = Field(True, description="Center-crop to a square before resizing; off: resize the whole image (aspect not kept).")
+    center_crop: bool = Field(
+        False, description="Center-crop every image to a square at the resolution; off (SimpleTuner's default): aspect-ratio "
+        "buckets of about resolution² pixels, each image kept whole.",
+    )
     num_frames: int | None = Field(
         None, ge=1, le=1025, description="Frames per training clip (video families). Empty: the family's default clip length."
     )
@@ -175,6 +178,33 @@ class TrainConfig(BaseModel):
         1, ge=1, le=4096,
         description="Micro-batches of train_batch_size per optimizer step; the step trains on their mean "
         "(train_batch_size × this examples), holding one micro-batch's activations at a time.",
+    )
+
+    # ---- objectives: timesteps, loss weighting, aspect buckets (trainer/timesteps.py, trainer/buckets.py)
+    weighting_scheme: Literal["uniform", "logit_normal", "mode"] = Field(
+        "uniform", description="Flow families: how training timesteps are drawn (SD3's logit_normal, or mode); uniform as before."
+    )
+    logit_mean: float = Field(0.0, ge=-10, le=10, description="Mean of the logit-normal timestep density.")
+    logit_std: float = Field(1.0, gt=0, le=10, description="Standard deviation of the logit-normal timestep density.")
+    mode_scale: float = Field(1.29, ge=0, le=1.5, description="Scale of the mode timestep density (SD3's 1.29).")
+    flow_schedule_shift: float | None = Field(
+        None, ge=0, le=100,
+        description="Flow families: shift of the timesteps toward noise (SD3: 3.0); 0 or 1: unshifted. "
+        "Empty: the model's scheduler config.",
+    )
+    flow_schedule_auto_shift: bool | None = Field(
+        None, description="Flow families: shift by the image's token count as Flux's pipeline does (overrides the shift). "
+        "Empty: the model's scheduler config (use_dynamic_shifting).",
+    )
+    snr_gamma: float | None = Field(
+        None, gt=0, le=1000, description="DDPM families: min-SNR loss weighting with this gamma (5 is usual); empty: off."
+    )
+    noise_offset: float = Field(0.0, ge=0, le=1, description="Offset noise per example and channel (0.05–0.1 is usual); 0: off.")
+    repeats: int = Field(
+        0, ge=0, le=10_000, description="Extra times each example counts in an epoch (SimpleTuner's repeats) for small folders."
+    )
+    validation_resolution: int | None = Field(
+        None, ge=8, le=4096, description="Size of the validation samples, square; empty: the training resolution."
     )
 
     @field_validator("*", mode="before")

@@ -59,6 +59,11 @@ class LatentDataset:
     def __len__(self) -> int:
         return len(self.latents)
 
+    @property
+    def val_size(self) -> int:
+        """Examples of the validation loss (held out, or the fixed subset)."""
+        return len(self.val_latents)
+
     def to(self, device: torch.device) -> "LatentDataset":
         """Batches go to ``device``; the data itself moves there too unless it is large."""
         self.device = torch.device(device)

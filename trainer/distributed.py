@@ -68,6 +68,10 @@ class Distributed:
         return self.rank == 0
 
     @property
+    def sharded(self) -> bool:
+        return self._sharded
+
+    @property
     def active(self) -> bool:
         return self.world_size > 1
 

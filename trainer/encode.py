@@ -4,7 +4,12 @@ The pipeline is loaded from the local model directory without its transformer (l
 the images (videos, audio) go through its VAE and the captions through its text encoders, and the
 result is written to one safetensors file keyed by the content of everything that shaped it. The
 encoders are freed before training starts. A folder that already holds such a cache (a
-``manifest.json`` of format ``layersync-encoded-v1``) can be given as instance_data_dir directly.
+``manifest.json`` of format ``layersync-encoded-v2``, or the one-shape ``-v1`` of earlier versions) can
+be given as instance_data_dir directly.
+
+Images (and clips) are encoded in aspect-ratio buckets (trainer/buckets.py) unless ``center_crop``:
+the cache keeps each bucket's latents and conditions under its own key (``bucket/<W>x<H>/…``); a dataset
+of one bucket keeps the one-shape layout of ``-v1``.
 """
 
 import gc
@@ -18,11 +23,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from trainer.buckets import BucketedData, bucket_key, bucket_size, parse_bucket_key
 from trainer.config import TrainConfig
-from trainer.data import LatentDataset, split
-from trainer.media import list_examples, read_audio, read_image, read_video
+from trainer.data import EVAL_EXAMPLES, HELD_OUT_FRACTION, LatentDataset, split
+from trainer.families import find_family
+from trainer.media import list_examples, media_size, read_audio, read_image, read_video
 
-FORMAT = "layersync-encoded-v1"
+FORMAT_V1 = "layersync-encoded-v1"  # one latent shape (one bucket): "latents", "cond/<name>"
+FORMAT = "layersync-encoded-v2"  # several buckets: "bucket/<WxH>/latents", "bucket/<WxH>/cond/<name>"
+AUDIO_BUCKET = "audio"  # audio clips have one shape (their duration): one bucket
+SINGLE_BUCKET = "all"  # an encoded dataset written with one latent shape
 ENCODE_BATCH = 8
 SAMPLE_PROMPTS = 4
 
@@ -98,21 +108,34 @@ def is_encoded_folder(path: Path) -> bool:
     if not manifest.is_file():
         return False
     try:
-        return json.loads(manifest.read_text()).get("format") == FORMAT
+        return json.loads(manifest.read_text()).get("format") in (FORMAT, FORMAT_V1)
     except (OSError, json.JSONDecodeError):
         return False
 
 
-def save_encoded(folder: Path, latents, cond, null_cond, prompt_cond, manifest: dict) -> None:
-    """Write atomically: a half-written cache is never read back."""
+def save_encoded(folder: Path, latents: torch.Tensor, cond: dict, null_cond: dict, prompt_cond: dict, manifest: dict) -> None:
+    """An encoded dataset of one latent shape (one bucket)."""
+    save_encoded_buckets(folder, {SINGLE_BUCKET: (latents, cond)}, null_cond, prompt_cond, manifest)
+
+
+def save_encoded_buckets(folder: Path, buckets: dict[str, tuple[torch.Tensor, dict]], null_cond, prompt_cond,
+                         manifest: dict) -> None:
+    """Write atomically (a half-written cache is never read back): each bucket's latents and conditions
+    under its key, in the order given."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    tensors = {"latents": latents}
-    for prefix, group in (("cond", cond), ("null", null_cond), ("prompt", prompt_cond)):
-        tensors.update({f"{prefix}/{key}": value for key, value in group.items()})
+    tensors = {}
+    one_shape = len(buckets) == 1  # written in the one-shape layout that earlier versions (and other tools) read
+    for key, (latents, cond) in buckets.items():
+        prefix = "" if one_shape else f"bucket/{key}/"
+        tensors[f"{prefix}latents"] = latents
+        tensors.update({f"{prefix}cond/{name}": value for name, value in cond.items()})
+    for prefix, group in (("null", null_cond), ("prompt", prompt_cond)):
+        tensors.update({f"{prefix}/{name}": value for name, value in group.items()})
     save_file({key: value.detach().cpu().contiguous() for key, value in tensors.items()}, tmp / "data.safetensors")
-    (tmp / "manifest.json").write_text(json.dumps(dict(manifest, format=FORMAT), indent=2))
+    layout = FORMAT_V1 if one_shape else FORMAT
+    (tmp / "manifest.json").write_text(json.dumps(dict(manifest, format=layout, buckets=list(buckets)), indent=2))
     try:
         os.replace(tmp, folder)
     except OSError:  # another run wrote the same cache first: theirs is as good as ours
@@ -121,38 +144,116 @@ def save_encoded(folder: Path, latents, cond, null_cond, prompt_cond, manifest: 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_encoded(folder: Path, hold_out: bool = False) -> LatentDataset:
+def _groups(tensors: dict[str, torch.Tensor], manifest: dict) -> tuple[dict[str, tuple], dict, dict]:
+    """The file's tensors → ({bucket: (latents, cond)}, null, prompt), for either format."""
+    groups = {"null": {}, "prompt": {}}
+    buckets: dict[str, tuple] = {}
+    if manifest.get("format") == FORMAT_V1:
+        cond = {key.split("/", 1)[1]: value for key, value in tensors.items() if key.startswith("cond/")}
+        buckets["all"] = (tensors["latents"], cond)
+    else:
+        for key in manifest.get("buckets") or []:
+            prefix = f"bucket/{key}/cond/"
+            cond = {name[len(prefix):]: value for name, value in tensors.items() if name.startswith(prefix)}
+            buckets[key] = (tensors[f"bucket/{key}/latents"], cond)
+    for key, value in tensors.items():
+        prefix, _, name = key.partition("/")
+        if prefix in groups:
+            groups[prefix][name] = value
+    return buckets, groups["null"], groups["prompt"]
+
+
+def split_buckets(sizes: list[int], hold_out: bool, seed: int = 1234) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(train, val) example indices within each bucket, chosen over the whole dataset as ``split`` chooses them
+    (10 % held out with a fixed seed when asked and there are enough examples, else a fixed subset of up to 64):
+    one bucket gives exactly ``split``'s examples in its order."""
+    n = sum(sizes)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    held_out = hold_out and n >= 20
+    val = order[: int(n * HELD_OUT_FRACTION)] if held_out else order[:EVAL_EXAMPLES]
+    train = order[int(n * HELD_OUT_FRACTION):] if held_out else None
+    parts, start = [], 0
+    for size in sizes:
+        def inside(index, start=start, size=size):
+            return index[(index >= start) & (index < start + size)] - start
+
+        parts.append((inside(train) if held_out else torch.arange(size), inside(val)))
+        start += size
+    return parts
+
+
+def load_encoded(folder: Path, hold_out: bool = False) -> LatentDataset | BucketedData:
+    """An encoded folder as the loop's dataset: a ``LatentDataset``, or a ``BucketedData`` of several buckets."""
     tensors = load_file(folder / "data.safetensors")
     manifest = json.loads((folder / "manifest.json").read_text())
-    groups = {"cond": {}, "null": {}, "prompt": {}}
-    for key, value in tensors.items():
-        if "/" in key:
-            prefix, name = key.split("/", 1)
-            groups[prefix][name] = value
-    latents = tensors["latents"]
-    if not len(latents):
+    buckets, null, prompt_cond = _groups(tensors, manifest)
+    if not buckets or not sum(len(latents) for latents, _ in buckets.values()):
         raise ValueError(f"the encoded dataset in {folder} is empty")
-    null = groups["null"] or {key: torch.zeros_like(value[:1]) for key, value in groups["cond"].items()}
-    train_x, train_c, val_x, val_c, held_out = split(latents, groups["cond"], hold_out)
+    first_cond = next(iter(buckets.values()))[1]
+    null = null or {key: torch.zeros_like(value[:1]) for key, value in first_cond.items()}
     prompts = manifest.get("prompts") or []
-    prompt_cond = groups["prompt"]
     if not prompt_cond:  # no encoded prompts: sample with the first examples' conditions
-        n = min(SAMPLE_PROMPTS, len(latents))
-        prompt_cond = {key: value[:n] for key, value in groups["cond"].items()}
+        n = min(SAMPLE_PROMPTS, len(next(iter(buckets.values()))[0]))
+        prompt_cond = {key: value[:n] for key, value in first_cond.items()}
         prompts = (manifest.get("captions") or [""] * n)[:n]
-    return LatentDataset(
-        latents=train_x, cond=train_c, null_cond=null, val_latents=val_x, val_cond=val_c, held_out=held_out,
-        prompts=prompts, prompt_cond=prompt_cond,
-        info={"cache": str(folder), "examples": len(latents), "skipped": manifest.get("skipped", [])},
-    )
+    total = sum(len(latents) for latents, _ in buckets.values())
+    info = {"cache": str(folder), "examples": total, "skipped": manifest.get("skipped", [])}
+    if len(buckets) == 1:
+        (latents, cond), = buckets.values()
+        train_x, train_c, val_x, val_c, held_out = split(latents, cond, hold_out)
+        return LatentDataset(latents=train_x, cond=train_c, null_cond=null, val_latents=val_x, val_cond=val_c,
+                             held_out=held_out, prompts=prompts, prompt_cond=prompt_cond, info=info)
+    parts = split_buckets([len(latents) for latents, _ in buckets.values()], hold_out)
+    held_out = hold_out and total >= 20
+    datasets = []
+    for (latents, cond), (train, val) in zip(buckets.values(), parts, strict=True):
+        datasets.append(LatentDataset(
+            latents=latents[train], cond={k: v[train] for k, v in cond.items()}, null_cond=null,
+            val_latents=latents[val], val_cond={k: v[val] for k, v in cond.items()}, held_out=held_out,
+            prompts=prompts, prompt_cond=prompt_cond, info=info,
+        ))
+    keep = [i for i, d in enumerate(datasets) if len(d)]  # a bucket all held out trains nothing
+    return BucketedData([datasets[i] for i in keep], [list(buckets)[i] for i in keep])
 
 
-def _read(example, media: str, config: TrainConfig, spec: PipelineSpec) -> torch.Tensor:
+def _read(example, media: str, config: TrainConfig, spec: PipelineSpec, size: tuple[int, int] | None) -> torch.Tensor:
     if media == "image":
-        return read_image(example.path, config.resolution, config.center_crop)
+        return read_image(example.path, config.resolution, config.center_crop, size)
     if media == "video":
-        return read_video(example.path, config.resolution, config.center_crop, config.num_frames)
+        return read_video(example.path, config.resolution, config.center_crop, config.num_frames, size)
     return read_audio(example.path, spec.audio_sample_rate, config.audio_duration)
+
+
+def assign_buckets(examples: list, media: str, config: TrainConfig, root: Path) -> tuple[dict[str, list], list[str]]:
+    """{bucket key: its examples}, in the order of their first example, and the files whose size cannot be read."""
+    if media == "audio":
+        return {AUDIO_BUCKET: list(examples)}, []
+    multiple = find_family(config.model_family).resolution_multiple
+    buckets: dict[str, list] = {}
+    unreadable = []
+    for example in examples:
+        if config.center_crop:
+            size = (config.resolution, config.resolution)
+        else:
+            try:
+                size = bucket_size(*media_size(example.path, media), config.resolution, multiple)
+            except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped and named, not fatal
+                unreadable.append(f"{example.path.relative_to(root)}: {exc}")
+                continue
+        buckets.setdefault(bucket_key(*size), []).append(example)
+    return buckets, unreadable
+
+
+def bucket_time_ids(cond: dict[str, torch.Tensor], size: tuple[int, int] | None) -> dict[str, torch.Tensor]:
+    """SDXL's micro-conditions (original size, crop top-left, target size, as (h, w, top, left, h, w)) of a
+    bucket's images: resized whole to the bucket, uncropped, so conditioned as the pipeline conditions a
+    sample of the bucket's size."""
+    ids = cond.get("add_time_ids")
+    if ids is None or size is None or ids.shape[-1] != 6:
+        return cond
+    width, height = size
+    row = torch.tensor([height, width, 0, 0, height, width], dtype=ids.dtype, device=ids.device)
+    return dict(cond, add_time_ids=row.expand_as(ids).clone())
 
 
 def _stored(cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -191,7 +292,7 @@ def encode_folder(spec: PipelineSpec, media: str, config: TrainConfig, device: t
                 f"latents and text embeddings only fit {family}; give the image folder instead, or set model_family to {family}"
             )
         log(f"instance_data_dir {root} is an encoded dataset: using it as is")
-        return load_encoded(root)
+        return _loaded(load_encoded(root), config, log)
     examples = list_examples(root, media, config.caption_extension)
     if not examples:
         raise ValueError(
@@ -215,39 +316,26 @@ def encode_folder(spec: PipelineSpec, media: str, config: TrainConfig, device: t
     folder = cache_root(config) / config.model_family / key
     if is_encoded_folder(folder):
         log(f"using the encoded dataset cached in {folder}")
-        return with_prompts(spec, config, device, log, folder, load_encoded(folder), prompts)
+        return _loaded(with_prompts(spec, config, device, log, folder, load_encoded(folder), prompts), config, log)
 
-    log(f"encoding {len(examples)} {media} file(s) with the {spec.pipeline_class} encoders (cached in {folder})")
+    buckets, skipped = assign_buckets(examples, media, config, root)
+    shown = ", ".join(f"{key} ({len(found)})" for key, found in buckets.items())
+    log(f"encoding {len(examples)} {media} file(s) with the {spec.pipeline_class} encoders in {len(buckets)} "
+        f"bucket(s): {shown} (cached in {folder})")
     pipe = load_pipeline(spec, config, device, **{spec.model_component: None})
-    latents, conds, captions, skipped = [], [], [], []
-    batch, batch_captions = [], []
-
-    def flush(pipe):
-        if not batch:
-            return
-        with torch.no_grad():
-            media_batch = torch.stack(batch).to(device=device, dtype=weight_dtype(device))
-            latents.append(spec.encode_media(pipe, media_batch, config).float().cpu())
-            conds.append(_stored(spec.encode_prompts(pipe, batch_captions, config)))
-        captions.extend(batch_captions)
-        batch.clear()
-        batch_captions.clear()
-
-    for i, example in enumerate(examples, 1):
-        try:
-            batch.append(_read(example, media, config, spec))
-            batch_captions.append(example.caption)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped and named, not fatal
-            skipped.append(f"{example.path.relative_to(root)}: {exc}")
-        if len(batch) == ENCODE_BATCH:
-            flush(pipe)
-        if i % 64 == 0:
-            log(f"encoded {i}/{len(examples)}")
-    flush(pipe)
+    encoded: dict[str, tuple[torch.Tensor, dict]] = {}
+    captions: list[str] = []
+    for key, bucket_examples in buckets.items():
+        size = None if key == AUDIO_BUCKET else parse_bucket_key(key)
+        done = len(captions) + len(skipped)
+        found = _encode_bucket(spec, pipe, bucket_examples, media, config, device, size, root, captions, skipped,
+                               lambda i, done=done: i % 64 == 0 and log(f"encoded {done + i}/{len(examples)}"))
+        if found is not None:
+            encoded[key] = found
     if skipped:
         log(f"skipped {len(skipped)} unreadable file(s): " + "; ".join(skipped[:10]) + (" …" if len(skipped) > 10 else ""),
             level="warning")
-    if not latents:
+    if not encoded:
         raise ValueError(f"none of the {len(examples)} {media} file(s) in {root} could be read: see the skipped files above")
     with torch.no_grad():
         null_cond = _stored(spec.encode_prompts(pipe, [""], config))
@@ -258,13 +346,52 @@ def encode_folder(spec: PipelineSpec, media: str, config: TrainConfig, device: t
         torch.cuda.empty_cache()
     manifest = {"family": config.model_family, "captions": captions, "prompts": prompts, "skipped": skipped,
                 "source": str(root), "model": str(model_dir)}
-    save_encoded(folder, torch.cat(latents), _stack_cond(conds), null_cond, prompt_cond, manifest)
+    save_encoded_buckets(folder, encoded, null_cond, prompt_cond, manifest)
     log(f"encoded {len(captions)} example(s); the encoders are freed")
-    return load_encoded(folder)
+    return _loaded(load_encoded(folder), config, log)
 
 
-def with_prompts(spec: PipelineSpec, config: TrainConfig, device, log, folder: Path, data: LatentDataset,
-                 prompts: list[str]) -> LatentDataset:
+def _encode_bucket(spec, pipe, examples, media, config, device, size, root, captions, skipped, progress):
+    """One bucket's examples → (latents, cond), or None when none could be read; appends to ``captions`` and ``skipped``."""
+    latents, conds, batch, batch_captions = [], [], [], []
+
+    def flush():
+        if not batch:
+            return
+        with torch.no_grad():
+            media_batch = torch.stack(batch).to(device=device, dtype=weight_dtype(device))
+            latents.append(spec.encode_media(pipe, media_batch, config).float().cpu())
+            conds.append(bucket_time_ids(_stored(spec.encode_prompts(pipe, batch_captions, config)), size))
+        captions.extend(batch_captions)
+        batch.clear()
+        batch_captions.clear()
+
+    for i, example in enumerate(examples, 1):
+        try:
+            batch.append(_read(example, media, config, spec, size))
+            batch_captions.append(example.caption)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped and named, not fatal
+            skipped.append(f"{example.path.relative_to(root)}: {exc}")
+        if len(batch) == ENCODE_BATCH:
+            flush()
+        progress(i)
+    flush()
+    return (torch.cat(latents), _stack_cond(conds)) if latents else None
+
+
+def _loaded(data, config: TrainConfig, log):
+    """The dataset as loaded, its buckets and the epoch told in the log."""
+    if isinstance(data, BucketedData):
+        log(f"{data.describe()}; each batch from one bucket")
+    if config.repeats:
+        log(f"repeats {config.repeats}: an epoch counts each example {config.repeats + 1} times "
+            f"({len(data) * (config.repeats + 1)} examples); batches are drawn at random from (seed, step) either way, "
+            "so repeats changes no batch")
+    return data
+
+
+def with_prompts(spec: PipelineSpec, config: TrainConfig, device, log, folder: Path, data: LatentDataset | BucketedData,
+                 prompts: list[str]) -> LatentDataset | BucketedData:
     """The cached dataset with ``prompts`` as its validation prompts: encoded once more (and kept beside
     the cache) when they differ from the ones encoded with the data."""
     if data.prompts == prompts:
@@ -283,7 +410,8 @@ def with_prompts(spec: PipelineSpec, config: TrainConfig, device, log, folder: P
         tmp = side.with_name(f".tmp-{side.name}-{os.getpid()}")
         save_file({k: v.contiguous() for k, v in prompt_cond.items()}, tmp)
         os.replace(tmp, side)
-    data.prompts, data.prompt_cond = prompts, prompt_cond
+    for part in data.buckets if isinstance(data, BucketedData) else [data]:
+        part.prompts, part.prompt_cond = prompts, prompt_cond
     return data
 
 
@@ -333,6 +461,8 @@ def pipeline_sampler(spec: PipelineSpec):
         if spec.generate is None or not (model_dir / "model_index.json").is_file() or not data.prompt_cond:
             return None
         pipe = samplers.get((spec.pipeline_class, model), lambda: build(config, model, device))
+        if config.validation_resolution is not None:  # the families' generate() size their samples by config.resolution
+            config = config.model_copy(update={"resolution": config.validation_resolution})
         generator = torch.Generator(device=device).manual_seed(config.seed)
         with torch.no_grad():
             output = spec.generate(pipe, data.prompt_cond, data.null_cond, config, generator)

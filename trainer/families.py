@@ -35,6 +35,10 @@ class Family:
     default_resolution: int | None = 1024
     default_num_frames: int | None = None
     default_audio_duration: float | None = None
+    # tokens per latent pixel side, where a flow pipeline shifts its timesteps by the image's token count
+    # (Flux packs 2 × 2 latent pixels into one token; LTX-Video patchifies by 1)
+    flow_patch: int = 2
+    objective: str = "flow"  # "flow" or "ddpm": the torch half's objective (a test keeps the two equal)
 
 
 def _per_layer(depth, layers: int) -> list[int]:
@@ -146,12 +150,12 @@ FAMILIES: dict[str, Family] = {
     "flux2": _family("flux2", "Flux.2", "Flux2Transformer2DModel", "Double-stream then single-stream blocks.",
                      depth=("num_layers", "num_single_layers")),
     "pixart_sigma": _family("pixart_sigma", "PixArt Sigma", "PixArtTransformer2DModel",
-                            "DiT blocks with cross-attention; trained with its scheduler's prediction type."),
+                            "DiT blocks with cross-attention; trained with its scheduler's prediction type.", objective="ddpm"),
     "sd3": _family("sd3", "Stable Diffusion 3 / 3.5", "SD3Transformer2DModel", "MMDiT joint blocks."),
     "sdxl": _family("sdxl", "Stable Diffusion XL", "UNet2DConditionModel",
                     "The UNet's transformer blocks numbered in execution order (down, mid, up).",
                     depth=(), count_blocks=unet_transformer_blocks, check_pair=unet_pair_problem,
-                    resolution_multiple=8),
+                    resolution_multiple=8, objective="ddpm"),
     "sana": _family("sana", "Sana", "SanaTransformer2DModel", "Linear-attention DiT blocks.", resolution_multiple=32),
     "qwen_image": _family("qwen_image", "Qwen Image / Qwen Image Edit", "QwenImageTransformer2DModel",
                           "Dual-stream MMDiT blocks.", aliases=("qwen_image_edit",), default_resolution=1328),
@@ -176,7 +180,7 @@ FAMILIES: dict[str, Family] = {
                              default_resolution=544, default_num_frames=129),
     "ltxvideo": _family("ltxvideo", "LTX-Video", "LTXVideoTransformer3DModel", "Video DiT blocks over patchified tokens.",
                         media="video", temporal_factor=8, resolution_multiple=32,
-                        default_resolution=512, default_num_frames=121),
+                        default_resolution=512, default_num_frames=121, flow_patch=1),
     "kandinsky5_video": _family("kandinsky5_video", "Kandinsky 5 Video", "Kandinsky5Transformer3DModel",
                                 "Visual transformer blocks.", depth=("num_visual_blocks",), media="video", temporal_factor=4,
                                 default_resolution=512, default_num_frames=121),
@@ -188,7 +192,7 @@ FAMILIES: dict[str, Family] = {
                         default_resolution=None, default_audio_duration=10.0),
     "kolors": _family("kolors", "Kolors", "UNet2DConditionModel", "SDXL's UNet with a ChatGLM text encoder.",
                       depth=(), count_blocks=unet_transformer_blocks, check_pair=unet_pair_problem,
-                      resolution_multiple=8),
+                      resolution_multiple=8, objective="ddpm"),
     "kandinsky5_image": _family("kandinsky5_image", "Kandinsky 5 Image", "Kandinsky5Transformer3DModel",
                                 "The Kandinsky 5 transformer used for single images.", depth=("num_visual_blocks",)),
     "stable_cascade": _family(

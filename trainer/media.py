@@ -46,29 +46,64 @@ def _is_frame_folder(path: Path) -> bool:
     return any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir() if p.is_file())
 
 
-def _to_pixels(image, resolution: int, center_crop: bool) -> torch.Tensor:
-    """PIL image → (3, resolution, resolution) in [-1, 1]."""
+def _to_pixels(image, resolution: int, center_crop: bool, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """PIL image → (3, H, W) in [-1, 1]: center-cropped to a square at ``resolution`` when ``center_crop``,
+    else fitted to its aspect bucket ``size`` (w, h) (trainer/buckets.py), else resized to the square."""
     from PIL import Image, ImageOps
+
+    from trainer.buckets import fit_to_bucket
 
     image = ImageOps.exif_transpose(image).convert("RGB")  # photos as the camera held them
     if center_crop:
         side = min(image.size)
         left, top = (image.width - side) // 2, (image.height - side) // 2
         image = image.crop((left, top, left + side, top + side))
-    image = image.resize((resolution, resolution), Image.BICUBIC)
+        image = image.resize((resolution, resolution), Image.BICUBIC)
+    elif size is not None:
+        image = fit_to_bucket(image, size)
+    else:
+        image = image.resize((resolution, resolution), Image.BICUBIC)
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-def read_image(path: Path, resolution: int, center_crop: bool) -> torch.Tensor:
+EXIF_ORIENTATION = 0x0112
+TURNED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
+def _oriented_size(image) -> tuple[int, int]:
+    width, height = image.size
+    return (height, width) if image.getexif().get(EXIF_ORIENTATION) in TURNED else (width, height)
+
+
+def media_size(path: Path, media: str) -> tuple[int, int]:
+    """(width, height) of an image, or of a clip's first frame, as it will be read (EXIF orientation applied),
+    without decoding the pixels."""
+    from PIL import Image
+
+    if media == "video" and path.is_dir():
+        path = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[0]
+    elif media == "video" and path.suffix.lower() != ".gif":
+        try:
+            import av
+        except ImportError:
+            raise ValueError(f"reading {path.suffix} videos needs PyAV: pip install av, or give a folder of frames") from None
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            return stream.codec_context.width, stream.codec_context.height
+    with Image.open(path) as image:
+        return _oriented_size(image)
+
+
+def read_image(path: Path, resolution: int, center_crop: bool, size: tuple[int, int] | None = None) -> torch.Tensor:
     from PIL import Image
 
     with Image.open(path) as image:
         image.load()
-        return _to_pixels(image, resolution, center_crop)
+        return _to_pixels(image, resolution, center_crop, size)
 
 
-def read_video(path: Path, resolution: int, center_crop: bool, num_frames: int) -> torch.Tensor:
+def read_video(path: Path, resolution: int, center_crop: bool, num_frames: int, size: tuple[int, int] | None = None) -> torch.Tensor:
     """The first ``num_frames`` frames → (3, num_frames, H, W). Frame folders and GIFs need only Pillow;
     other containers need PyAV (pip install av)."""
     from PIL import Image, ImageSequence
@@ -77,11 +112,11 @@ def read_video(path: Path, resolution: int, center_crop: bool, num_frames: int) 
     if path.is_dir():
         for frame_path in sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:num_frames]:
             with Image.open(frame_path) as image:
-                frames.append(_to_pixels(image, resolution, center_crop))
+                frames.append(_to_pixels(image, resolution, center_crop, size))
     elif path.suffix.lower() == ".gif":
         with Image.open(path) as image:
             for frame in ImageSequence.Iterator(image):
-                frames.append(_to_pixels(frame.copy(), resolution, center_crop))
+                frames.append(_to_pixels(frame.copy(), resolution, center_crop, size))
                 if len(frames) == num_frames:
                     break
     else:
@@ -91,7 +126,7 @@ def read_video(path: Path, resolution: int, center_crop: bool, num_frames: int) 
             raise ValueError(f"reading {path.suffix} videos needs PyAV: pip install av, or give a folder of frames") from None
         with av.open(str(path)) as container:
             for frame in container.decode(video=0):
-                frames.append(_to_pixels(frame.to_image(), resolution, center_crop))
+                frames.append(_to_pixels(frame.to_image(), resolution, center_crop, size))
                 if len(frames) == num_frames:
                     break
     if len(frames) < num_frames:

@@ -79,7 +79,7 @@ def fixed_noise_loss(impl, objective, model, data, batch_size: int = 64) -> floa
     """The training loss on the evaluation examples with fixed noise and evenly spread timesteps,
     so values of different steps and runs compare."""
     generator = torch.Generator(device=data.device).manual_seed(VALIDATION_SEED)
-    n = len(data.val_latents)
+    n = data.val_size
     t_all = objective.eval_timesteps(n, data.device)
     t_all = t_all[torch.randperm(n, generator=generator, device=data.device)]
     total, count, start = 0.0, 0, 0

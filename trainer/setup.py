@@ -167,7 +167,7 @@ def resume(checkpoint: Path | None, model, optimizer, ema, scaler, log, dist=Non
     scale restored in place; 0 for a new run. Every rank reads the same checkpoint (any world size wrote it)."""
     if checkpoint is None:
         return 0
-    if dist is not None and dist.active and getattr(dist, "_sharded", False):
+    if dist is not None and dist.active and dist.sharded:
         from trainer.fsdp import load_sharded_checkpoint
 
         step = load_sharded_checkpoint(checkpoint, model, optimizer)

@@ -10,10 +10,10 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from trainer.checkpoint import save_checkpoint
+from trainer.checkpoint import save_checkpoint, save_final
 from trainer.config import ConfigError, TrainConfig, config_to_json
+from trainer.devices import describe as describe_device
 from trainer.distributed import Distributed, RankEvents, env_rank, env_world_size, micro_batches, scratch_dir, set_up_distributed
 from trainer.ema import EMA
 from trainer.events import EventWriter
@@ -164,9 +164,10 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
     impl = implementation(config.model_family)
     data = impl.load_data(config, device, events.log).to(device)
     how = "held-out" if data.held_out else "training (nothing held out of your data; fixed noise and timesteps)"
-    events.log(f"data: {len(data)} training examples; val_diffusion_loss on {len(data.val_latents)} {how} examples")
+    events.log(f"data: {len(data)} training examples; val_diffusion_loss on {data.val_size} {how} examples")
     model = set_up_model(config, impl, device, precision, events.log)
     objective = objective_for(impl, config, device)
+    events.log(objective.describe())
     blocks = impl.blocks(model)
     layersync, capture = set_up_layersync(config, impl, objective, model, blocks, data, device, precision, events.log)
 
@@ -191,7 +192,8 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
         how = how if dist.active else "1 process"
         events.log(f"world size {dist.world_size}: {how}; {config.train_batch_size * accumulation} examples per optimizer step "
                    f"({accumulation} micro-batch{'es' if accumulation > 1 else ''} of {config.train_batch_size})")
-    events.emit("status", status="running", step=start_step, max_train_steps=config.max_train_steps, world_size=dist.world_size)
+    events.emit("status", status="running", step=start_step, max_train_steps=config.max_train_steps,
+                device=describe_device(device), world_size=dist.world_size)  # the run page shows the device
 
     bar = None
     if progress and dist.is_main:
@@ -216,8 +218,8 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
         latents, cond = data.batch(config.train_batch_size * accumulation, generator)
         drop = torch.rand(len(latents), generator=generator, device=device) < config.caption_dropout_probability
         cond = data.drop(cond, drop)  # caption dropout: the null condition, for classifier-free guidance
-        noise = torch.randn(latents.shape, generator=generator, device=device)
-        t = objective.timesteps(len(latents), generator, device)
+        noise = objective.noise(latents, generator)  # with the offset noise, when set
+        t = objective.timesteps(len(latents), generator, device, shape=latents.shape)  # the family's density and shift
         x_t = objective.noisy(latents, noise, t)
         target = objective.target(latents, noise, t)
 
@@ -231,7 +233,8 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
                     pred = impl.predict(forward_model, x_t[part.rows], t[part.rows], {k: v[part.rows] for k, v in cond.items()})
 
                 # losses
-                diffusion_loss = F.mse_loss(pred.float(), target[part.rows].float())
+                # the MSE, min-SNR weighted when snr_gamma is set
+                diffusion_loss = objective.loss(pred, target[part.rows], t[part.rows])
                 if layersync:
                     layersync_loss, similarity, pair_sims = layersync(states)
                     capture.release()  # each micro-batch's activations are freed before the next forward
@@ -308,6 +311,12 @@ def _train(config: TrainConfig, output_dir: Path, events: EventWriter, stop: Sto
             checkpoint(output_dir, step, model, optimizer, run_config, ema, scaler, config, events, dist)
         events.log(f"stopped on request after step {step}; resume with resume_from_checkpoint='latest'")
         return "cancelled", step
+    # ---- the final weights, alone and ready to load (trainer/checkpoint.py: save_final); rank 0 writes them
+    if dist.is_main and not dist.sharded:
+        events.log(f"final weights in {save_final(output_dir, step, model, run_config, ema).relative_to(output_dir)}/")
+    elif dist.is_main:  # FSDP: the gathered weights are the last checkpoint's
+        events.log(f"final weights in checkpoints/step_{step:07d}/transformer/ (distributed fsdp writes no final/ folder)")
+    dist.barrier()
     return "completed", step
 
 

@@ -1,4 +1,5 @@
-"""The HTML pages (runs list, new-run form, run page, compare) and the partials htmx swaps in.
+"""The HTML pages (runs list, new-run form, compare; the run page is app.routes.run_page) and the
+partials htmx swaps in, with the helpers every page renders with.
 
 Every route works without JavaScript: forms post plainly and redirect (303); an htmx request gets
 the partial it swaps instead. Templates autoescape everything; nothing from a user is marked safe.
@@ -18,7 +19,6 @@ from starlette.concurrency import run_in_threadpool
 
 from app.bounds import Page
 from app.db import SessionDep
-from app.eventlog import last_seq
 from app.forms import (
     FORM_FIELDS,
     SECTIONS,
@@ -32,23 +32,15 @@ from app.forms import (
     form_values,
     notices_by_field,
 )
-from app.lifecycle import LIVE, RESUMABLE, RunStatus
+from app.lifecycle import LIVE, RunStatus
 from app.models import RUN_STATUSES
-from app.pairing import SUFFIX, Variant, offers, variant_config
+from app.pairing import SUFFIX, Variant, variant_config
 from app.runs import (
     NAME_MAX,
     RunNotFound,
-    RunStateError,
-    cancel_run,
     create_run,
     get_run,
-    latest_sample_url,
     list_runs,
-    log_tail,
-    queue_positions,
-    resume_offer,
-    resume_run,
-    run_id_in_range,
 )
 from app.studies import SEEDS_MAX, StudyProblems, create_study
 from trainer.config import ConfigError
@@ -60,7 +52,6 @@ STATIC_DIR = ROOT / "static"  # mounted at /static by app.main
 PAGE_SIZE = 50
 STUDY_FIELDS = ("study", "study_seeds")  # the form's "Run as a study" and its number of seeds
 STUDY_SEEDS = 3
-LOG_LINES = 60
 CHART_METRICS = ("loss", "diffusion_loss", "layersync_loss", "layersync_similarity")
 RUN_METRICS = CHART_METRICS + ("val_diffusion_loss",)
 COMPARE_METRICS = ("diffusion_loss", "val_diffusion_loss", "sample_accuracy", "loss", "layersync_loss",
@@ -241,95 +232,6 @@ def new_run_from(request: Request, session: SessionDep, run_id: int, variant: Va
         return _not_found(request, exc)
     config, problems = variant_config(run.config or {}, variant)
     return _form(request, values=config_to_values(config), errors=problems, name=f"{run.name} ({SUFFIX[variant]})")
-
-
-# --- one run -----------------------------------------------------------------------------------------
-
-def _run_context(session, run) -> dict:
-    queued = run.status == RunStatus.QUEUED
-    return {
-        **_item(run),
-        "queue_position": queue_positions(session).get(run.id) if queued else None,
-        "resume_label": resume_offer(run) if run.status in RESUMABLE else None,
-        "new_run_offers": offers(run.id, run.config or {}),
-        "run_metrics": RUN_METRICS,
-        "chart_metrics": CHART_METRICS,
-        "log_lines": log_tail(run.output_dir, LOG_LINES) if run.output_dir else [],
-        "sample": _sample(run),
-    }
-
-
-def _sample(run) -> dict | None:
-    url = latest_sample_url(run) if run.output_dir else None
-    if not url:
-        return None
-    name = url.rsplit("/", 1)[-1]
-    return {"url": url, "name": name, "audio": name.endswith(".wav")}
-
-
-def _run_view(request: Request, session, run_id: int, template: str, **extra) -> HTMLResponse:
-    """A run's page or one of its partials; the 404 page for an unknown run."""
-    try:
-        run = get_run(session, run_id=run_id)
-    except RunNotFound as exc:
-        return _not_found(request, exc)
-    return _render(request, template, **_run_context(session, run), **extra)
-
-
-@router.get("/runs/{run_id}", response_class=HTMLResponse)
-def run_page(request: Request, session: SessionDep, run_id: int):
-    """One run: status card, live chart, samples and log."""
-    # the stream starts after the newest stored event (read first: the chart's history, loaded
-    # later from the API, holds at least as much; the chart drops the steps it already has);
-    # an id beyond SQLite's integers cannot be bound: no such run (the 404 page), not a 500
-    since = last_seq(session, run_id=run_id) if run_id_in_range(run_id) else 0
-    return _run_view(request, session, run_id, "run.html", nav="runs", since=since)
-
-
-@router.post("/runs/{run_id}/cancel", response_class=HTMLResponse)
-def run_cancel(request: Request, session: SessionDep, run_id: int):
-    """Cancel a run, then show its status (the card for htmx, the page otherwise)."""
-    try:
-        cancel_run(session, run_id=run_id)
-    except RunNotFound as exc:
-        return _not_found(request, exc)
-    except RunStateError:
-        pass  # it ended meanwhile: the card shows how
-    if _is_htmx(request):
-        return _run_view(request, session, run_id, "partials/run_status.html")
-    return RedirectResponse(f"/runs/{run_id}", status_code=303)
-
-
-@router.post("/runs/{run_id}/resume", response_class=HTMLResponse)
-def run_resume(request: Request, session: SessionDep, run_id: int):
-    """Queue a failed or cancelled run again from its latest checkpoint, then show its page (live again)."""
-    try:
-        resume_run(session, run_id=run_id)
-    except RunNotFound as exc:
-        return _not_found(request, exc)
-    except RunStateError:
-        pass  # resumed meanwhile, from another tab: the page shows how it stands
-    if _is_htmx(request):
-        return Response(headers={"HX-Redirect": f"/runs/{run_id}"})  # the page, not the card: its stream reopens
-    return RedirectResponse(f"/runs/{run_id}", status_code=303)
-
-
-@router.get("/partials/runs/{run_id}/status", response_class=HTMLResponse)
-def run_status_partial(request: Request, session: SessionDep, run_id: int):
-    """The run's status card."""
-    return _run_view(request, session, run_id, "partials/run_status.html")
-
-
-@router.get("/partials/runs/{run_id}/log", response_class=HTMLResponse)
-def run_log_partial(request: Request, session: SessionDep, run_id: int):
-    """The run's log tail."""
-    return _run_view(request, session, run_id, "partials/run_log.html")
-
-
-@router.get("/partials/runs/{run_id}/sample", response_class=HTMLResponse)
-def run_sample_partial(request: Request, session: SessionDep, run_id: int):
-    """The run's newest sample grid."""
-    return _run_view(request, session, run_id, "partials/run_sample.html")
 
 
 # --- compare -----------------------------------------------------------------------------------------

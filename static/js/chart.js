@@ -101,14 +101,28 @@
 
   // Append one step (values: one per line, null where missing); an old step is ignored, which makes a
   // replay that overlaps the history harmless. Returns whether the point was new (the run page
-  // reloads the history when the stream repeats a step: a resumed run overwrote it).
+  // reloads the history when the stream repeats a step: a resumed run overwrote it). The last step
+  // takes the values it lacks: the validation loss comes in its own event, after the step's training metrics.
   LinePlot.prototype.append = function (step, values) {
     const n = this.steps.length;
-    if (n && step <= this.steps[n - 1]) return false;
+    if (n && step === this.steps[n - 1]) return this.fill(n - 1, values);
+    if (n && step < this.steps[n - 1]) return false;
     this.steps.push(step);
     values.forEach(function (v, k) { this.raw[k].push(v == null ? null : v); }, this);
     this.schedule();
     return true;
+  };
+
+  // Fill the gaps of row i with values; false when the row has none of them to fill (a repeated step).
+  LinePlot.prototype.fill = function (i, values) {
+    let filled = false;
+    let clash = false;
+    values.forEach(function (v, k) {
+      if (v == null) return;
+      if (this.raw[k][i] == null) { this.raw[k][i] = v; filled = true; } else if (this.raw[k][i] !== v) clash = true;
+    }, this);
+    if (filled) this.schedule();
+    return filled && !clash;
   };
 
   LinePlot.prototype.count = function (k) { return countPoints(this.raw[k]); };

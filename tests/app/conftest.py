@@ -2,7 +2,20 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from tests.utils.databases import APP_DATABASE_ENV, fresh_database
 from tests.utils.server import app_settings
+
+
+@pytest.fixture(autouse=True)
+def database_url(postgres_template, tmp_path, monkeypatch, _no_database_url_from_outside):
+    """This test's database URL: SQLite in its data dir, or a PostgreSQL database of its own (handed to
+    every server and Settings it makes through LAYERSYNC_DATABASE_URL; see tests/utils/databases.py)."""
+    if postgres_template is None:
+        yield f"sqlite:///{tmp_path / 'data' / 'layersync.db'}"
+        return
+    with fresh_database(postgres_template) as url:
+        monkeypatch.setenv(APP_DATABASE_ENV, url)
+        yield url
 
 
 @pytest.fixture
@@ -18,11 +31,11 @@ def client(settings):
 
 
 @pytest.fixture
-def engine(tmp_path):
+def engine(database_url):
     """A fresh database with the schema, no server."""
     from app.db import create_schema, make_engine
 
-    engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'layersync.db'}")
+    engine = make_engine(database_url)
     create_schema(engine)
     yield engine
     engine.dispose()

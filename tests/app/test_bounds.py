@@ -17,7 +17,7 @@ from sqlmodel import Session
 from app.main import create_app
 from app.metrics import record_points
 from app.models import SQL_INT_MAX
-from app.routes import api, auth, pages
+from app.routes import api, auth, checkpoints, pages, run_page
 from tests.utils.server import app_settings
 
 EDGES = [0, -1, SQL_INT_MAX - 1, SQL_INT_MAX, SQL_INT_MAX + 1, 10**30, -(10**30), "x", "1.5", ""]
@@ -34,7 +34,7 @@ def _params(dependant):
 
 
 def _integer_params():
-    for router in (api.router, pages.router, auth.router):
+    for router in (api.router, pages.router, auth.router, run_page.router, checkpoints.router):
         for route in router.routes:
             if not isinstance(route, APIRoute):
                 continue

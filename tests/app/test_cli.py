@@ -48,6 +48,7 @@ def test_serve_warns_when_it_listens_beyond_this_machine(monkeypatch, capsys, tm
     assert ("anyone who can reach this address" in capsys.readouterr().err) == warned
 
 
+@pytest.mark.sqlite_only("the database file in the data dir")
 def test_serve_starts_a_server_on_loopback(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

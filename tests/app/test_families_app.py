@@ -51,7 +51,7 @@ def test_the_server_trains_a_flux_run_from_an_image_folder(models, tmp_path):
         log = server.http.get(f"/api/runs/{run['id']}/log").text
         assert "encoding 4 image file(s)" in log and "LayerSync on" in log
         page = server.http.get(f"/runs/{run['id']}").text
-        assert "samples/step_0000004.png" in page and "one per validation prompt" in page
+        assert "samples/step_0000004.png" in page and "one image per prompt" in page
         sample = server.http.get(f"/api/runs/{run['id']}/files/samples/step_0000004.png")
         assert sample.status_code == 200 and sample.content[:4] == b"\x89PNG"
     finally:

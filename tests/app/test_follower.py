@@ -74,7 +74,7 @@ def test_a_file_appended_while_it_is_read_loses_and_repeats_nothing(engine, runn
 
 def test_two_followers_at_once_store_each_line_once(engine, running_run, tmp_path):
     append(running_run, b"".join(line("metric", step=step, loss=1.0) for step in range(1, 501)))
-    other = make_engine(f"sqlite:///{tmp_path / 'data' / 'layersync.db'}")  # another server on the same store
+    other = make_engine(engine.url.render_as_string(hide_password=False))  # another server on the same store
     threads = [threading.Thread(target=follow_run, args=(e, running_run.id)) for e in (engine, other, engine)]
     for thread in threads:
         thread.start()
@@ -90,7 +90,7 @@ def test_a_restarted_server_resumes_at_the_stored_offset(engine, running_run, tm
     follow_run(engine, running_run.id)
     engine.dispose()
     append(running_run, line("metric", step=2, loss=0.9))
-    restarted = make_engine(f"sqlite:///{tmp_path / 'data' / 'layersync.db'}")
+    restarted = make_engine(engine.url.render_as_string(hide_password=False))
     assert follow_run(restarted, running_run.id) == 1
     events, _ = stored(restarted, running_run.id)
     assert [e["step"] for e in events] == [1, 2]

@@ -34,6 +34,7 @@ HOLD = ("import sys; from trainer.runlock import FolderLock, RUN_LOCK; FolderLoc
         "print('locked', flush=True); sys.stdin.read()")
 
 
+@pytest.mark.sqlite_only("server.lock is taken for a SQLite data dir only")
 def test_a_second_server_on_the_same_data_dir_refuses_to_start(settings):
     with TestClient(create_app(settings)) as first:
         with pytest.raises(DataDirInUse) as info, TestClient(create_app(settings)):
@@ -51,6 +52,7 @@ def test_servers_on_different_data_dirs_run_side_by_side(tmp_path):
         assert a.get("/api/health").status_code == b.get("/api/health").status_code == 200
 
 
+@pytest.mark.sqlite_only("server.lock is taken for a SQLite data dir only")
 def test_layersync_serve_on_a_data_dir_in_use_says_who_holds_it_and_exits(settings):
     port = free_port()
     command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--data-dir", str(settings.data_dir)]

@@ -45,7 +45,8 @@ class ServerProcess:
         self.process: subprocess.Popen | None = None
         self.worker_pids: set[int] = set()  # every worker seen, killed in close()
         self.http = httpx.Client(base_url=self.url, timeout=PATIENCE_S)
-        self.engine = make_engine(f"sqlite:///{data_dir / 'layersync.db'}")  # what the API does not answer
+        # what the API does not answer; the database the server is given (LAYERSYNC_DATABASE_URL), or its SQLite file
+        self.engine = make_engine(self.env.get("LAYERSYNC_DATABASE_URL") or f"sqlite:///{data_dir / 'layersync.db'}")
 
     def start(self) -> None:
         log = open(self.data_dir.parent / "server.log", "ab")

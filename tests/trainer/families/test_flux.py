@@ -67,7 +67,7 @@ def test_lora_trains_only_the_adapter_and_checkpoints_it(flux_dir, tmp_path):
                              gradient_checkpointing=True, checkpointing_steps=3)
     assert any("LoRA rank 4" in e.get("message", "") for e in events)
     checkpoint = tmp_path / "run" / "checkpoints" / "step_0000003"
-    assert (checkpoint / "lora" / "adapter_model.safetensors").is_file()
+    assert (checkpoint / "pytorch_lora_weights.safetensors").is_file()  # diffusers' layout (tests/trainer/test_lora_load.py)
     assert not (checkpoint / "transformer").exists()
 
 

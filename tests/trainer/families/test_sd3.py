@@ -84,5 +84,5 @@ def test_lora_on_both_streams_with_gradient_checkpointing(sd3_dir, encoded, tmp_
     assert any("LoRA rank 4" in e.get("message", "") for e in events)
     from safetensors.torch import load_file
 
-    adapter = load_file(tmp_path / "run" / "checkpoints" / "step_0000003" / "lora" / "adapter_model.safetensors")
+    adapter = load_file(tmp_path / "run" / "checkpoints" / "step_0000003" / "pytorch_lora_weights.safetensors")
     assert any(".add_q_proj." in key for key in adapter) and any(".attn2.to_q." in key for key in adapter)
