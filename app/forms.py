@@ -75,6 +75,10 @@ LABELS = {
     "validation_num_inference_steps": "Sampler steps",
     "validation_guidance": "Guidance scale",
     "checkpoints_total_limit": "Checkpoints to keep",
+    # ---- distributed and accumulation
+    "num_processes": "Processes",
+    "gradient_accumulation_steps": "Gradient accumulation steps",
+    "distributed": "Multi-process strategy",
 }
 
 
@@ -109,6 +113,11 @@ HELP = {
     "instance_data_dir": "A folder of images (videos, audio) with same-named .txt captions, encoded once and cached. "
     "Empty for the demo: the built-in digits.",
     "learning_rate": "Peak AdamW learning rate. Empty: the family's default (1e-3 for the demo, trained from scratch).",
+    # ---- distributed and accumulation
+    "num_processes": "Processes that train this run together, one GPU each (torchrun); on a CPU-only server, gloo "
+    "ranks sharing the CPU. The batch size is the global batch, split evenly over them.",
+    "gradient_accumulation_steps": "Micro-batches of the batch size per optimizer step: the step trains on their mean, "
+    "holding one micro-batch's activations at a time.",
 }
 
 
@@ -199,7 +208,7 @@ SECTIONS = [
         [
             "max_train_steps", "train_batch_size", "learning_rate", "lr_scheduler", "lr_warmup_steps", "seed",
             "gradient_checkpointing", "mixed_precision", "use_ema", "logging_steps", "validation_steps",
-            "checkpointing_steps",
+            "checkpointing_steps", "num_processes", "gradient_accumulation_steps",
         ],
     ),
     _section("loss-functions", "Loss functions", ["layersync_enabled", *LAYERSYNC_KEYS, *LAYERSYNC_SCHEDULE_KEYS],
@@ -213,7 +222,7 @@ SECTIONS = [
         [
             "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon", "max_grad_norm",
             "caption_dropout_probability", "ema_decay", "validation_num_inference_steps", "validation_guidance",
-            "checkpoints_total_limit",
+            "checkpoints_total_limit", "distributed",
         ],
         collapsed=True,
     ),

@@ -32,7 +32,7 @@ from app.models import Run, utcnow
 from app.probes import Probes
 from app.runs import QUEUE_ORDER, log_tail
 from app.settings import Settings
-from app.workers import WORKER_LOG, Workers, slot_devices, start_time, stop_worker, write_config
+from app.workers import WORKER_LOG, Workers, join_slots, slot_devices, slots_for, split_slots, start_time, stop_worker, write_config
 from trainer.runlock import RUN_LOCK, holder_pid, is_locked
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,9 @@ class Scheduler:
         return f"{reason} and printed nothing (see {WORKER_LOG} in the run folder)"
 
     def _free_devices(self, session: Session) -> list[str]:
-        busy = Counter(session.exec(select(Run.slot).where(Run.status == RunStatus.RUNNING)))
+        # a run of several processes holds several slots, stored as "0,1"
+        busy = Counter(slot for held in session.exec(select(Run.slot).where(Run.status == RunStatus.RUNNING))
+                       for slot in split_slots(held))
         busy.update(self._exiting_slots(session))
         busy.update(self.probes.busy_slots())
         return list((Counter(self.devices) - busy).elements())
@@ -172,7 +174,7 @@ class Scheduler:
             select(Run.slot, Run.pid, Run.pid_started)
             .where(Run.status.in_(FINISHED), Run.finished_at >= since, Run.pid.is_not(None), Run.slot.is_not(None))
         )
-        return [slot for slot, pid, started in ended if self.workers.alive(pid, started)]
+        return [slot for held, pid, started in ended if self.workers.alive(pid, started) for slot in split_slots(held)]
 
     def _start_queued(self) -> bool:
         started = False
@@ -183,10 +185,17 @@ class Scheduler:
                 run = _next_queued(session)
                 if run is None:
                     break
-                run_id, device = run.id, free[0]
+                run_id, processes = run.id, processes_of(run.config)
+                slots, why_not = slots_for(free, self.devices, processes)
+                if why_not:  # this server can never give it its slots: it fails rather than block the queue
+                    self._refuse(session, run, why_not)
+                    continue
+                if slots is None:  # the oldest run waits for enough free slots; later runs queue behind it
+                    break
+                device = join_slots(slots)
                 # the run's status events read in order: this one, the worker's own "starting", then its
                 # "running" once it trains (the run is running, as far as the queue goes, from here)
-                event = server_event("status", status="starting", message=f"starting a worker on {_where(device)}")
+                event = server_event("status", status="starting", message=f"starting a worker on {_where(device, processes)}")
                 try:
                     transition(session, run_id=run_id, to=RunStatus.RUNNING, expected=RunStatus.QUEUED, event=event,
                                slot=device)
@@ -194,12 +203,23 @@ class Scheduler:
                     session.rollback()
                     continue
                 session.commit()
-                self._launch(session, run_id, device)
-                free.pop(0)
+                self._launch(session, run_id, device, processes)
+                for slot in slots:
+                    free.remove(slot)
                 started = True
         return started
 
-    def _launch(self, session: Session, run_id: int, device: str) -> None:
+    def _refuse(self, session: Session, run: Run, reason: str) -> None:
+        """Fail a queued run this server can never start (a queued run fails through its claim, as a failed start does)."""
+        event = server_event("status", status="starting", message="claimed to be refused: " + reason)
+        try:
+            transition(session, run_id=run.id, to=RunStatus.RUNNING, expected=RunStatus.QUEUED, event=event)
+        except RunChanged:  # cancelled or deleted meanwhile
+            session.rollback()
+            return
+        self._fail_start(session, run, reason)
+
+    def _launch(self, session: Session, run_id: int, device: str, processes: int = 1) -> None:
         run = session.get(Run, run_id)
         try:
             config_path = write_config(run.output_dir, run.config)
@@ -208,10 +228,10 @@ class Scheduler:
             return self._fail_start(session, run, f"the run folder {run.output_dir} cannot be written ({why}): "
                                     "free disk space or fix its permissions, then resume the run")
         try:
-            pid, started = self.workers.launch(self.command, config_path=config_path, device=device)
+            pid, started = self.workers.launch(self.command, config_path=config_path, device=device, processes=processes)
         except OSError as exc:
             return self._fail_start(session, run, f"the worker could not be started ({exc}): check the worker_command setting")
-        message = f"worker started (pid {pid}) on {_where(device)}"
+        message = f"worker started (pid {pid}) on {_where(device, processes)}"
         try:  # not a move: the run is running since its claim; it gains its worker's pid
             session.exec(update(Run).where(Run.id == run_id).values(pid=pid, pid_started=started))
             append_event(session, run_id=run_id, event=server_event("status", status="starting", message=message))
@@ -268,8 +288,18 @@ def _next_queued(session: Session) -> Run | None:
     return session.exec(query.with_for_update(skip_locked=True)).first()
 
 
-def _where(device: str) -> str:
+def _where(device: str, processes: int = 1) -> str:
+    slots = split_slots(device)
+    if processes > 1:
+        where = "the CPU" if slots[0] == "cpu" else f"GPUs {', '.join(slots)}"
+        return f"{where}, {processes} processes (torchrun)"
     return "the CPU" if device == "cpu" else f"GPU {device}"
+
+
+def processes_of(config: dict | None) -> int:
+    """The run's num_processes (configs stored before the key existed: 1)."""
+    value = (config or {}).get("num_processes") or 1
+    return value if isinstance(value, int) and value >= 1 else 1
 
 
 class CancelSeen(NamedTuple):

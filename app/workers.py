@@ -30,6 +30,9 @@ STARTED_TOLERANCE_MS = 2000  # a clock step or the seconds' rounding of the boot
 # a start time below this (September 2001 in milliseconds) was stored by an older server, in clock
 # ticks after boot: the pid alone decides for it
 MIN_STARTED_MS = 10**12
+# torchrun's wait for its ranks to stop after a SIGTERM before it kills them (its own default, 30 s, is shorter
+# than a large checkpoint takes to write); a cancel is bounded by the server's cancel grace anyway
+LAUNCHER_SHUTDOWN_SECONDS = 600
 
 
 def detect_gpus() -> list[str]:
@@ -50,6 +53,50 @@ def slot_devices(worker_slots: int | None, gpus: str | None) -> list[str]:
     count = len(devices) if worker_slots is None else worker_slots
     # more slots than GPUs: several small runs share a GPU, round robin
     return [devices[index % len(devices)] for index in range(count)]
+
+
+def split_slots(slot: str | None) -> list[str]:
+    """The slots a run holds, as stored in Run.slot: "0", "0,1", "cpu,cpu"."""
+    return [part for part in (slot or "").split(",") if part]
+
+
+def join_slots(slots: list[str]) -> str:
+    return ",".join(slots)
+
+
+def slots_for(free: list[str], devices: list[str], processes: int) -> tuple[list[str] | None, str | None]:
+    """The free slots a run of ``processes`` processes takes: (slots, None), (None, None) while too few are
+    free, or (None, why) when this server can never run it.
+
+    On GPUs each process needs its own GPU (NCCL refuses two ranks on one device), so a run takes that many
+    free slots of distinct GPUs. On a CPU-only server the processes are gloo ranks sharing the CPU: a run
+    takes one slot a process, and every slot when it asks for more than the server has."""
+    if processes <= 1:
+        return (free[:1] or None), None
+    if all(device == "cpu" for device in devices):
+        need = min(processes, len(devices))
+        return (free[:need] if len(free) >= need else None), None
+    gpus = list(dict.fromkeys(device for device in devices if device != "cpu"))
+    if len(gpus) < processes:
+        return None, (f"num_processes {processes} needs {processes} GPUs, one a process, but this server's workers have "
+                      f"{len(gpus)} ({', '.join(gpus)}): set num_processes to {len(gpus)} or less, or give the server "
+                      "more GPUs (LAYERSYNC_GPUS)")
+    distinct = list(dict.fromkeys(slot for slot in free if slot != "cpu"))
+    return (distinct[:processes] if len(distinct) >= processes else None), None
+
+
+def launcher_command(command: list[str], processes: int) -> list[str]:
+    """``command`` started under torchrun on this machine with ``processes`` ranks: ``python -m trainer`` becomes
+    ``python -m torch.distributed.run --standalone --nproc_per_node N -m trainer`` (a wrapper such as ``nice``
+    before the interpreter stays in front). The launcher waits for a cancelled run's checkpoint: the server's
+    cancel grace decides when it is killed instead."""
+    index = next((i for i, part in enumerate(command) if Path(part).name.startswith("python")), None)
+    if index is None:
+        raise OSError(f"worker_command {command} names no Python interpreter to start torchrun with: use one like "
+                      "[\"python\", \"-m\", \"trainer\"] for runs of several processes")
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+                "--shutdown_timeout", str(LAUNCHER_SHUTDOWN_SECONDS)]
+    return [*command[: index + 1], *launcher, *command[index + 1:]]
 
 
 class Worker(NamedTuple):
@@ -97,10 +144,31 @@ def stop_worker(pid: int, started: int | None = None, sig: int = signal.SIGTERM)
     ``cancelled``; SIGKILL ends it at once. Nothing is sent once the pid is no longer the worker's."""
     if not pid_alive(pid, started):
         return
+    # torchrun starts each rank in a session of its own: a SIGTERM reaches them through the launcher, which
+    # forwards it and waits for their checkpoint; a SIGKILL would orphan them, so it goes to each of them too
+    ranks = _descendant_groups(pid) if sig == signal.SIGKILL else []
+    for group in [pid, *ranks]:
+        try:
+            os.killpg(group, sig)
+        except (ProcessLookupError, PermissionError):
+            pass  # already gone: the scheduler records how it ended
+
+
+def _descendant_groups(pid: int) -> list[int]:
+    """The process groups of a worker's descendants outside its own group (torchrun's ranks)."""
     try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass  # already gone: the scheduler records how it ended
+        children = psutil.Process(pid).children(recursive=True)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+    groups = []
+    for child in children:
+        try:
+            group = os.getpgid(child.pid)
+        except (ProcessLookupError, PermissionError):
+            continue
+        if group != pid and group not in groups:
+            groups.append(group)
+    return groups
 
 
 class Workers:
@@ -112,14 +180,21 @@ class Workers:
         self._children: dict[int, subprocess.Popen] = {}
         self._exit_codes: dict[int, int] = {}
 
-    def launch(self, command: list[str], *, config_path: Path, device: str) -> Worker:
-        """Start the worker on ``device`` for the run whose config is ``config_path``."""
+    def launch(self, command: list[str], *, config_path: Path, device: str, processes: int = 1) -> Worker:
+        """Start the worker on ``device`` (slots joined by commas) for the run whose config is ``config_path``;
+        a run of several processes under torchrun, its ranks on loopback."""
         output_dir = config_path.parent
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [TRAINER_ROOT, env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"  # the log tail shows what the worker printed, as it printed it
-        if device != "cpu":
-            env["CUDA_VISIBLE_DEVICES"] = device
+        slots = split_slots(device)
+        if slots and slots[0] != "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(slots)
+        if processes > 1:
+            command = launcher_command(command, processes)
+            env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # --standalone: every rank on this machine, over loopback
+            if slots[0] == "cpu":  # ranks share the CPU: its threads, split between them
+                env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
         argv = [*command, "--config", str(config_path), "--output-dir", str(output_dir), "--no-progress"]
         with open(output_dir / WORKER_LOG, "ab") as log:
             process = subprocess.Popen(

@@ -80,6 +80,24 @@ def rule_problems(config, family: Family) -> Problems:
                 f"LayerSync weight must be > 0, got {config.layersync_lambda}: keep the default 0.2 if unsure, "
                 "or turn LayerSync off")))
     problems += objective_problems(config, family)
+    problems += distributed_problems(config)
+    return problems
+
+
+def distributed_problems(config) -> Problems:
+    """num_processes, distributed and gradient_accumulation_steps (the trainer checks the launched world size again)."""
+    problems = []
+    n = config.num_processes
+    if n > 1 and config.train_batch_size % n:
+        low = max(n, config.train_batch_size // n * n)
+        problems.append(("train_batch_size", (
+            f"train_batch_size {config.train_batch_size} does not split over {n} processes (num_processes): it is the "
+            f"global batch, each process trains an equal share; use a multiple of {n} such as {low} or {low + n}")))
+    if config.distributed == "fsdp" and config.model_type != "full":
+        problems.append(("distributed", "distributed fsdp shards a full fine-tune; a LoRA's base is frozen: use ddp"))
+    if config.distributed == "fsdp" and config.use_ema:
+        problems.append(("use_ema", "use_ema is not supported with distributed fsdp (the EMA copy is not sharded): "
+                                    "turn use_ema off, or use distributed ddp"))
     return problems
 
 

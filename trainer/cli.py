@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from trainer.config import FIELDS, ConfigError, config_to_json, nearest_keys, read_config_file, validate_config
@@ -110,7 +111,7 @@ def train_main(argv: list[str] | None = None) -> int:
         print("error: invalid config", file=sys.stderr)
         for line in exc.lines():
             print(f"  {line}", file=sys.stderr)
-        if isinstance(output_dir, str) and output_dir:
+        if isinstance(output_dir, str) and output_dir and _launched_rank() == 0:
             _record_config_error(output_dir, exc)
         return 2
     for warning in warnings:
@@ -119,10 +120,12 @@ def train_main(argv: list[str] | None = None) -> int:
         print(json.dumps(config_to_json(config), indent=2, ensure_ascii=False))
         return 0
 
+    rank = _launched_rank()
     try:
         # taken before anything is written to the run folder and held until training is over: a second
-        # worker for the same run stops here, before it appends to the events or writes a checkpoint
-        with FolderLock(config.output_dir, RUN_LOCK):
+        # worker for the same run stops here, before it appends to the events or writes a checkpoint.
+        # Under torchrun rank 0 holds it for the run's ranks (only rank 0 writes there).
+        with FolderLock(config.output_dir, RUN_LOCK) if rank == 0 else nullcontext():
             from trainer.train import train  # torch is imported only now
 
             print(f"training {FAMILIES[config.model_family].label} into {config.output_dir}", file=sys.stderr)
@@ -133,8 +136,16 @@ def train_main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # the run folder itself cannot be written: nowhere to put events
         print(f"error: cannot write to output_dir {config.output_dir!r}: {exc.strerror}; choose a writable folder", file=sys.stderr)
         return 1
-    _print_summary(config.output_dir)
+    if rank == 0:
+        _print_summary(config.output_dir)
     return code
+
+
+def _launched_rank() -> int:
+    """This process's rank under torchrun / accelerate launch (0 otherwise); read without importing torch."""
+    import os
+
+    return int(os.environ.get("RANK", "0"))
 
 
 def _folder_in_use(output_dir: str, pid: int | None) -> str:

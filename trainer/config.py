@@ -181,6 +181,21 @@ class TrainConfig(BaseModel):
         "warn", description="When the blocks between student and teacher approach the identity: warn in the log, or "
         "also set the weight to 0 for the rest of the run.",
     )
+    # ---- distributed and accumulation
+    num_processes: int = Field(
+        1, ge=1, le=1024,
+        description="Processes that train the run together (torch.distributed): one per GPU, or gloo ranks on a CPU. "
+        "train_batch_size is the global batch, split evenly over them.",
+    )
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="With several processes: ddp (a full copy per process) or fsdp (full fine-tunes: weights, "
+        "gradients and optimizer state sharded over the processes, FSDP2).",
+    )
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, le=4096,
+        description="Micro-batches of train_batch_size per optimizer step; the step trains on their mean "
+        "(train_batch_size × this examples), holding one micro-batch's activations at a time.",
+    )
 
     # ---- objectives: timesteps, loss weighting, aspect buckets (trainer/timesteps.py, trainer/buckets.py)
     weighting_scheme: Literal["uniform", "logit_normal", "mode"] = Field(

@@ -2,7 +2,6 @@
 precision, the checkpoint to resume from, the model (and its LoRA), LayerSync with its capture and its
 check, the optimizer, and the state restored from the checkpoint."""
 
-import os
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +15,13 @@ from trainer.config import ConfigError, TrainConfig
 from trainer.layersync import LayerSync
 
 
-def refuse_multi_process() -> None:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1:  # every rank would train its own copy and write the same events and checkpoints
-        raise ConfigError([("", (
-            f"launched as {world_size} processes (WORLD_SIZE={world_size}), but this trainer runs one process per "
-            "run: start it without torchrun / accelerate launch (one GPU per run; the server gives each run its own)"
-        ))])
+def refuse_multi_process(config: TrainConfig, world_size: int) -> None:
+    """A config that cannot train on the launched ranks stops here, before any step, with what to change."""
+    from trainer.distributed import multi_process_problems
+
+    problems = multi_process_problems(config, world_size)
+    if problems:
+        raise ConfigError(problems)
 
 
 def pick_device() -> torch.device:
@@ -163,11 +162,16 @@ def make_optimizer(config: TrainConfig, params: list[nn.Parameter], device: torc
     )
 
 
-def resume(checkpoint: Path | None, model, optimizer, ema, scaler, log) -> int:
+def resume(checkpoint: Path | None, model, optimizer, ema, scaler, log, dist=None) -> int:
     """The step the run continues after: the checkpoint's, with its weights, optimizer state, EMA and loss
-    scale restored in place; 0 for a new run."""
+    scale restored in place; 0 for a new run. Every rank reads the same checkpoint (any world size wrote it)."""
     if checkpoint is None:
         return 0
-    step = load_checkpoint(checkpoint, model, optimizer, ema, scaler)
+    if dist is not None and dist.active and dist.sharded:
+        from trainer.fsdp import load_sharded_checkpoint
+
+        step = load_sharded_checkpoint(checkpoint, model, optimizer)
+    else:
+        step = load_checkpoint(checkpoint, model, optimizer, ema, scaler)
     log(f"resumed from {checkpoint} at step {step}")
     return step

@@ -27,6 +27,9 @@ def main() -> int:
     mode = os.environ.get("FAKE_WORKER_MODE", "complete")
     stop = []
     signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "stubborn" else lambda *_: stop.append(True))
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun, as the trainer: only rank 0 writes the events
+        print(f"fake worker rank {os.environ['RANK']}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}", flush=True)
+        return 0
     events = EventWriter(args.output_dir)
     events.emit("status", status="starting")
     events.emit("status", status="running", step=0, max_train_steps=config["max_train_steps"])

@@ -193,11 +193,11 @@ def test_a_second_ctrl_c_stops_at_once_but_a_repeated_sigterm_does_not():
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
-def test_a_multi_process_launch_is_refused_before_training(tmp_path, tiny_model_dir, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
+def test_a_launch_whose_processes_cannot_share_the_batch_is_refused_before_training(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")  # torchrun with 3 ranks; the batch of 8 does not split over them
     code, events, out = run(tmp_path, tiny_model_dir)
     assert code == 2
-    assert "WORLD_SIZE=2" in events[-1]["reason"] and not (out / "checkpoints").exists()
+    assert "does not split over the 3 launched processes" in events[-1]["reason"] and not (out / "checkpoints").exists()
 
 
 def test_the_fp16_loss_scale_is_checkpointed_and_restored(tmp_path):
