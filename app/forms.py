@@ -15,6 +15,7 @@ from pathlib import Path
 from app.configs import check_config
 from trainer.config import FIELDS, LAYERSYNC_DEFAULT_LAMBDA, ConfigError, config_notices
 from trainer.families import FAMILIES, ModelDirError, family_defaults, find_family, model_depth
+from trainer.optimizers import OPTIMIZERS, optimizer_problem
 
 LAYERSYNC_KEYS = ("layersync_student_block", "layersync_teacher_block", "layersync_lambda")
 FAMILY_KEYS = tuple(family_defaults("demo"))  # the keys whose default is the family's own
@@ -67,6 +68,9 @@ LABELS = {
     "validation_num_inference_steps": "Sampler steps",
     "validation_guidance": "Guidance scale",
     "checkpoints_total_limit": "Checkpoints to keep",
+    # ---- memory
+    "optimizer": "Optimizer",
+    "base_model_precision": "Base model precision",
 }
 
 
@@ -93,7 +97,22 @@ HELP = {
     "instance_data_dir": "A folder of images (videos, audio) with same-named .txt captions, encoded once and cached. "
     "Empty for the demo: the built-in digits.",
     "learning_rate": "Peak AdamW learning rate. Empty: the family's default (1e-3 for the demo, trained from scratch).",
+    # ---- memory
+    "optimizer": "AdamW by default. 8-bit AdamW keeps its moments in a quarter of the memory; Adafactor factors the "
+    "second moment; Prodigy estimates its own step size (leave the learning rate empty: 1.0). A choice marked "
+    "'not installed' needs its package: pip install 'layersync-studio[memory]'.",
+    "base_model_precision": "LoRA only: the frozen base's linear weights in int8 or fp8 (torchao, weight-only), about "
+    "a quarter of their fp32 memory; the adapter trains in fp32.",
 }
+
+
+def _optimizer_choices() -> dict[str, str]:
+    """Each optimizer's label, marked where its package is missing here (choosing it then says what to install)."""
+    return {name: kind.label + (" — not installed" if optimizer_problem(name) else "") for name, kind in OPTIMIZERS.items()}
+
+
+# ---- memory: labels of select choices (value → label) where the value alone says too little
+CHOICE_LABELS = {"optimizer": _optimizer_choices()}
 
 
 @dataclass(frozen=True)
@@ -121,7 +140,7 @@ def _kind(key: str) -> tuple[str, list[tuple[str, str]]]:
         return "select", [(name, family.label) for name, family in FAMILIES.items() if family.unsupported is None]
     annotation = FIELDS[key].annotation
     if typing.get_origin(annotation) is typing.Literal:
-        return "select", [(value, value) for value in typing.get_args(annotation)]
+        return "select", [(value, CHOICE_LABELS.get(key, {}).get(value, value)) for value in typing.get_args(annotation)]
     types = set(typing.get_args(annotation)) or {annotation}
     types.discard(type(None))
     for kind, python_type in (("checkbox", bool), ("int", int), ("float", float)):
@@ -142,7 +161,8 @@ def _section(id: str, title: str, keys: list[str], **kwargs) -> Section:
 SECTIONS = [
     _section(
         "model", "Model",
-        ["model_family", "pretrained_model_name_or_path", "model_type", "lora_rank", "lora_alpha", "resolution"],
+        ["model_family", "pretrained_model_name_or_path", "model_type", "lora_rank", "lora_alpha", "base_model_precision",
+         "resolution"],
     ),
     _section(
         "data",
@@ -156,7 +176,7 @@ SECTIONS = [
         "training",
         "Training",
         [
-            "max_train_steps", "train_batch_size", "learning_rate", "lr_scheduler", "lr_warmup_steps", "seed",
+            "max_train_steps", "train_batch_size", "learning_rate", "optimizer", "lr_scheduler", "lr_warmup_steps", "seed",
             "gradient_checkpointing", "mixed_precision", "use_ema", "logging_steps", "validation_steps",
             "checkpointing_steps",
         ],

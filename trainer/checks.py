@@ -10,6 +10,7 @@ config that may be valid (or still half-typed in the form). Torch-free.
 from collections.abc import Mapping
 from pathlib import Path
 
+from trainer import optimizers, quantize
 from trainer.families import Family, ModelDirError, find_family, model_config, model_depth, supported_families
 from trainer.problems import FieldProblem
 
@@ -79,6 +80,26 @@ def rule_problems(config, family: Family) -> Problems:
             problems.append(("layersync_lambda", (
                 f"LayerSync weight must be > 0, got {config.layersync_lambda}: keep the default 0.2 if unsure, "
                 "or turn LayerSync off")))
+    problems += memory_problems(config)
+    return problems
+
+
+def memory_problems(config) -> Problems:
+    """The optimizer and the quantized base: rules between keys (pure)."""
+    if config.base_model_precision != "no_change" and config.model_type != "lora":
+        return [("base_model_precision", (
+            f"base_model_precision {config.base_model_precision} quantizes the frozen base of a LoRA run, but model_type "
+            "is full (every weight trains, none is frozen): set model_type to lora, or base_model_precision to no_change"))]
+    return []
+
+
+def package_problems(config) -> Problems:
+    """The optional packages the config's optimizer and base precision need, looked up, not imported."""
+    problems = []
+    for key, problem in (("optimizer", optimizers.optimizer_problem(config.optimizer)),
+                         ("base_model_precision", quantize.precision_problem(config.base_model_precision))):
+        if problem:
+            problems.append((key, problem))
     return problems
 
 
@@ -104,6 +125,7 @@ def environment_problems(config) -> Problems:
     frames = _frames_problem(config, family)
     if frames:
         problems.append(("num_frames", frames))
+    problems += package_problems(config)
     path = config.pretrained_model_name_or_path
     if path is None and family.builtin_config is None:
         return problems  # the schema already asked for a model directory
@@ -187,6 +209,7 @@ def config_notices(data: Mapping) -> list[tuple[str, str]]:
                                  "they are ignored")))
     if family is not None and family.builtin_config is not None and data.get("instance_data_dir"):
         notes.append(("instance_data_dir", f"instance_data_dir is ignored: the {family.label} trains on its built-in data"))
+    notes += _optimizer_notices(data)
     if not enabled:
         return notes
     depth = _depth(family, data)
@@ -205,3 +228,17 @@ def config_notices(data: Mapping) -> list[tuple[str, str]]:
                 f"teacher block {teacher} is shallower than student block {student}: LayerSync pulls the student "
                 "toward a deeper block; swap them unless you mean it")))
     return notes
+
+
+def _optimizer_notices(data: Mapping) -> list[tuple[str, str]]:
+    if optimizers.canonical(data.get("optimizer")) != "prodigy":
+        return []
+    try:
+        rate = float(data.get("learning_rate"))
+    except (TypeError, ValueError):
+        return []  # unset: Prodigy's own 1.0
+    if rate < 0.1:
+        return [("learning_rate", (
+            f"Prodigy estimates its own step size and learning_rate multiplies it: {rate:g} makes every step "
+            f"{1 / rate:,.0f} times smaller than estimated; leave learning_rate empty (1.0) unless you mean it"))]
+    return []
