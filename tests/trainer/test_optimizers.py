@@ -27,8 +27,8 @@ def losses(events):
 
 
 def short(model_dir, out, **overrides):
-    return validate_config(fast_config(model_dir, out, max_train_steps=8, logging_steps=1, validation_steps=0,
-                                       checkpointing_steps=4, **overrides))
+    settings = dict(max_train_steps=8, logging_steps=1, validation_steps=0, checkpointing_steps=4)
+    return validate_config(fast_config(model_dir, out, **{**settings, **overrides}))
 
 
 @pytest.mark.parametrize("name", ["adamw_8bit", "adafactor", "prodigy"])
