@@ -12,7 +12,7 @@ resident set (ru_maxrss) minus its resident set just before training, after torc
 package were imported (so no row pays for an import the others do not). Step time: the median of the metric
 events' step_time, the first interval (warm-up) dropped. A row whose package is missing says so.
 
-    python bench/memory.py                                  # CPU: a 21M-parameter DiT, batch 16
+    python bench/memory.py                                  # CPU: a 32.5M-parameter DiT, batch 16
     python bench/memory.py --hidden-size 1152 --layers 28 --heads 16 --batch-size 64 --steps 20   # DiT-XL-sized, GPU
 """
 
@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--only", help="run only the rows whose label contains this text (e.g. baseline)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -110,6 +111,8 @@ def main() -> None:
         print("|---|---:|---:|---:|---:|")
         base = None
         for i, (label, overrides) in enumerate(ROWS):
+            if args.only and args.only.lower() not in label.lower():
+                continue
             if "gradient_accumulation_steps" in overrides and "gradient_accumulation_steps" not in FIELDS:
                 print(f"| {label} | – | – | – | – |  (skipped: this tree has no gradient_accumulation_steps yet)")
                 continue

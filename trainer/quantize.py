@@ -69,6 +69,33 @@ def frozen_linears(model) -> list[str]:
     ]
 
 
+def _dequantizing_linear():
+    import torch
+
+    class DequantizingLinear(torch.autograd.Function):
+        """``x Wᵀ + b`` with a frozen quantized ``W``. Autograd would save the dequantized full-precision copy of
+        every layer's W for the backward pass (the input's gradient needs it), so a step would hold the base in
+        full precision again on top of its int8/fp8 copy; this keeps W as it is and dequantizes it again there."""
+
+        @staticmethod
+        def forward(ctx, x, weight, bias):
+            ctx.weight = weight  # the quantized parameter itself, by reference: nothing copied
+            return torch.nn.functional.linear(x, weight.dequantize().to(x.dtype), bias)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad @ ctx.weight.dequantize().to(grad.dtype), None, None  # the base and its bias are frozen
+
+    return DequantizingLinear
+
+
+def _forward_dequantizing(module, function):
+    def forward(x):
+        return function.apply(x, module.weight, module.bias)
+
+    module.forward = forward
+
+
 def quantize_base(model, precision: str, device) -> str:
     """Quantize the frozen linear layers of ``model`` in place (each moved to ``device`` first, so the whole
     model never sits there in full precision); returns what was done, in words, for the run's log."""
@@ -96,6 +123,10 @@ def quantize_base(model, precision: str, device) -> str:
     config = Int8WeightOnlyConfig() if precision == "int8" else Float8WeightOnlyConfig()
     with torch.no_grad():
         quantize_(model, config, filter_fn=lambda module, fqn: fqn in targets, device=device)
+    function = _dequantizing_linear()
+    for name, module in model.named_modules():
+        if name in targets:
+            _forward_dequantizing(module, function)
     after = sum(_nbytes(p) for p in model.parameters())
     why_kept = f" ({len(kept)} with an all-zero row kept as they were: fp8 cannot scale a zero row)" if kept else ""
     return (f"base quantized to {precision} (torchao weight-only): {len(targets)} linear layers{why_kept}; "

@@ -112,3 +112,26 @@ def test_an_fp8_base_lora_trains_on_this_cpu(tmp_path, tiny_model_dir):
     assert train(lora_config(tiny_model_dir, out, base_model_precision="fp8", max_train_steps=3), out) == 0
     values = list(losses(read_events(out)).values())
     assert len(values) == 3 and all(torch.isfinite(torch.tensor(values)))
+
+
+def test_backward_keeps_the_quantized_weights_not_a_full_precision_copy_and_gets_the_same_gradients():
+    """Plain autograd through a torchao weight saves its dequantized fp32 copy per layer until backward."""
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    def run(ours: bool):
+        model = with_lora()
+        if ours:
+            quantize_base(model, "int8", torch.device("cpu"))
+        else:
+            quantize_(model, Int8WeightOnlyConfig(), filter_fn=lambda module, fqn: fqn in frozen_linears(model))
+        saved = []
+        pack = lambda t: saved.append(0 if hasattr(t, "__tensor_flatten__") else t.numel()) or t  # noqa: E731
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(torch.randn(4, 64, generator=torch.Generator().manual_seed(1)))
+        out.square().mean().backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+        return max(saved), grads
+
+    (largest, grads), (plain_largest, plain_grads) = run(True), run(False)
+    assert plain_largest == 64 * 64 and largest < 64 * 64  # a whole 64×64 weight, or only activations (4×64)
+    assert torch.allclose(grads, plain_grads, atol=1e-6)
