@@ -9,7 +9,8 @@ through the real loop (trainer.train), each in a fresh process so that one row's
 
 Peak memory: on a GPU the allocator's peak (torch.cuda.max_memory_allocated); on the CPU the process's peak
 resident set (ru_maxrss) minus its resident set just before training, after torch, diffusers and every optional
-package were imported (so no row pays for an import the others do not). Step time: the median of the metric
+package were imported (so no row pays for an import the others do not), with glibc's mmap threshold fixed (see
+MALLOC) so that freed tensors leave the resident set. Step time: the median of the metric
 events' step_time, the first interval (warm-up) dropped. A row whose package is missing says so.
 
     python bench/memory.py                                  # CPU: a 32.5M-parameter DiT, batch 16
@@ -43,6 +44,10 @@ ROWS = [
     ("LoRA r16, fp8 base (torchao)", {"model_type": "lora", "base_model_precision": "fp8"}),
 ]
 OPTIONAL = ("bitsandbytes", "prodigyopt", "torchao")
+# glibc serves a freed large block to later allocations but keeps it resident, and raises its mmap threshold
+# as large blocks come and go: the peak resident set would then count memory long freed. A fixed threshold
+# maps every tensor over 128 KiB on its own and unmaps it when freed, so the resident set follows live memory.
+MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 
 
 def rss_mib() -> float:
@@ -124,7 +129,8 @@ def main() -> None:
                 learning_rate=1e-4, **overrides,
             )
             spec = json.dumps({"config": config, "out": config["output_dir"]})
-            done = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True, text=True, cwd=ROOT)
+            done = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True, text=True, cwd=ROOT,
+                                  env={**os.environ, **MALLOC})
             try:
                 result = json.loads(done.stdout.strip().splitlines()[-1])
             except (IndexError, json.JSONDecodeError):
