@@ -15,6 +15,7 @@ from pathlib import Path
 from app.configs import check_config
 from trainer.config import FIELDS, LAYERSYNC_DEFAULT_LAMBDA, ConfigError, config_notices
 from trainer.families import FAMILIES, ModelDirError, family_defaults, find_family, model_depth
+from trainer.optimizers import OPTIMIZERS, optimizer_problem
 
 LAYERSYNC_KEYS = ("layersync_student_block", "layersync_teacher_block", "layersync_lambda")
 # ---- λ schedules, the stop step and the collapse guard: more Loss functions fields that follow Enable LayerSync
@@ -79,6 +80,9 @@ LABELS = {
     "num_processes": "Processes",
     "gradient_accumulation_steps": "Gradient accumulation steps",
     "distributed": "Multi-process strategy",
+    # ---- memory
+    "optimizer": "Optimizer",
+    "base_model_precision": "Base model precision",
 }
 
 
@@ -118,6 +122,12 @@ HELP = {
     "ranks sharing the CPU. The batch size is the global batch, split evenly over them.",
     "gradient_accumulation_steps": "Micro-batches of the batch size per optimizer step: the step trains on their mean, "
     "holding one micro-batch's activations at a time.",
+    # ---- memory
+    "optimizer": "AdamW by default. 8-bit AdamW keeps its moments in a quarter of the memory; Adafactor factors the "
+    "second moment; Prodigy estimates its own step size (leave the learning rate empty: 1.0). A choice marked "
+    "'not installed' needs its package: pip install 'layersync-studio[memory]'.",
+    "base_model_precision": "LoRA only: the frozen base's linear weights in int8 or fp8 (torchao, weight-only), about "
+    "a quarter of their fp32 memory; the adapter trains in fp32.",
 }
 
 
@@ -142,6 +152,15 @@ HELP.update({
     "center_crop": "On: every image center-cropped to a square. Off (SimpleTuner's default): aspect-ratio buckets of about "
     "resolution² pixels, each image kept whole, each batch from one bucket.",
 })
+
+
+def _optimizer_choices() -> dict[str, str]:
+    """Each optimizer's label, marked where its package is missing here (choosing it then says what to install)."""
+    return {name: kind.label + (" — not installed" if optimizer_problem(name) else "") for name, kind in OPTIMIZERS.items()}
+
+
+# ---- memory: labels of select choices (value → label) where the value alone says too little
+CHOICE_LABELS = {"optimizer": _optimizer_choices()}
 
 
 @dataclass(frozen=True)
@@ -171,7 +190,7 @@ def _kind(key: str) -> tuple[str, list[tuple[str, str]]]:
         return "select", TRISTATE[key]
     annotation = FIELDS[key].annotation
     if typing.get_origin(annotation) is typing.Literal:
-        return "select", [(value, value) for value in typing.get_args(annotation)]
+        return "select", [(value, CHOICE_LABELS.get(key, {}).get(value, value)) for value in typing.get_args(annotation)]
     types = set(typing.get_args(annotation)) or {annotation}
     types.discard(type(None))
     for kind, python_type in (("checkbox", bool), ("int", int), ("float", float)):
@@ -192,7 +211,8 @@ def _section(id: str, title: str, keys: list[str], **kwargs) -> Section:
 SECTIONS = [
     _section(
         "model", "Model",
-        ["model_family", "pretrained_model_name_or_path", "model_type", "lora_rank", "lora_alpha", "resolution"],
+        ["model_family", "pretrained_model_name_or_path", "model_type", "lora_rank", "lora_alpha", "base_model_precision",
+         "resolution"],
     ),
     _section(
         "data",
@@ -206,7 +226,7 @@ SECTIONS = [
         "training",
         "Training",
         [
-            "max_train_steps", "train_batch_size", "learning_rate", "lr_scheduler", "lr_warmup_steps", "seed",
+            "max_train_steps", "train_batch_size", "learning_rate", "optimizer", "lr_scheduler", "lr_warmup_steps", "seed",
             "gradient_checkpointing", "mixed_precision", "use_ema", "logging_steps", "validation_steps",
             "checkpointing_steps", "num_processes", "gradient_accumulation_steps",
         ],

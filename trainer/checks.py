@@ -10,6 +10,7 @@ config that may be valid (or still half-typed in the form). Torch-free.
 from collections.abc import Mapping
 from pathlib import Path
 
+from trainer import optimizers, quantize
 from trainer.families import Family, ModelDirError, find_family, model_config, model_depth, supported_families
 from trainer.problems import FieldProblem
 
@@ -81,6 +82,7 @@ def rule_problems(config, family: Family) -> Problems:
                 "or turn LayerSync off")))
     problems += objective_problems(config, family)
     problems += distributed_problems(config)
+    problems += memory_problems(config)
     return problems
 
 
@@ -135,6 +137,25 @@ def objective_problems(config, family: Family) -> Problems:
     return problems
 
 
+def memory_problems(config) -> Problems:
+    """The optimizer and the quantized base: rules between keys (pure)."""
+    if config.base_model_precision != "no_change" and config.model_type != "lora":
+        return [("base_model_precision", (
+            f"base_model_precision {config.base_model_precision} quantizes the frozen base of a LoRA run, but model_type "
+            "is full (every weight trains, none is frozen): set model_type to lora, or base_model_precision to no_change"))]
+    return []
+
+
+def package_problems(config) -> Problems:
+    """The optional packages the config's optimizer and base precision need, looked up, not imported."""
+    problems = []
+    for key, problem in (("optimizer", optimizers.optimizer_problem(config.optimizer)),
+                         ("base_model_precision", quantize.precision_problem(config.base_model_precision))):
+        if problem:
+            problems.append((key, problem))
+    return problems
+
+
 def _frames_problem(config, family: Family) -> str | None:
     factor, frames = family.temporal_factor, config.num_frames
     if not factor or frames is None or (frames - 1) % factor == 0:
@@ -157,6 +178,7 @@ def environment_problems(config) -> Problems:
     frames = _frames_problem(config, family)
     if frames:
         problems.append(("num_frames", frames))
+    problems += package_problems(config)
     path = config.pretrained_model_name_or_path
     if path is None and family.builtin_config is None:
         return problems  # the schema already asked for a model directory
@@ -243,6 +265,7 @@ def config_notices(data: Mapping) -> list[tuple[str, str]]:
     if _on(data.get("flow_schedule_auto_shift")) and data.get("flow_schedule_shift") not in (None, ""):
         notes.append(("flow_schedule_shift", ("flow_schedule_shift is ignored: flow_schedule_auto_shift shifts the "
                                               "timesteps by each image's token count instead")))
+    notes += _optimizer_notices(data)
     if not enabled:
         return notes
     depth = _depth(family, data)
@@ -293,3 +316,17 @@ def _schedule_notices(data: Mapping, depth: int) -> list[tuple[str, str]]:
             "no block lies between student and teacher: layersync_span_update is not measured and the collapse "
             "guard has nothing to watch")))
     return notes
+
+
+def _optimizer_notices(data: Mapping) -> list[tuple[str, str]]:
+    if optimizers.canonical(data.get("optimizer")) != "prodigy":
+        return []
+    try:
+        rate = float(data.get("learning_rate"))
+    except (TypeError, ValueError):
+        return []  # unset: Prodigy's own 1.0
+    if rate < 0.1:
+        return [("learning_rate", (
+            f"Prodigy estimates its own step size and learning_rate multiplies it: {rate:g} makes every step "
+            f"{1 / rate:,.0f} times smaller than estimated; leave learning_rate empty (1.0) unless you mean it"))]
+    return []

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from trainer import optimizers, quantize
 from trainer import problems as _problems
 from trainer.checks import config_notices, environment_problems, family_problem, resolve_block_index, rule_problems
 from trainer.families import family_defaults
@@ -223,6 +224,22 @@ class TrainConfig(BaseModel):
     validation_resolution: int | None = Field(
         None, ge=8, le=4096, description="Size of the validation samples, square; empty: the training resolution."
     )
+    # ---- memory: the optimizer and a quantized frozen base (trainer/optimizers.py, trainer/quantize.py)
+    optimizer: Literal["adamw", "adamw_8bit", "adafactor", "prodigy"] = Field(
+        "adamw", description="adamw (torch); adamw_8bit (bitsandbytes: 8-bit moments, about a quarter of AdamW's state); "
+        "adafactor (torch: factored second moment); prodigy (prodigyopt: estimates its own step size, learning_rate 1.0 "
+        "when unset). adamw_8bit and prodigy need their packages: pip install 'layersync-studio[memory]'.",
+    )
+    base_model_precision: Literal["no_change", "int8", "fp8"] = Field(
+        "no_change", description="LoRA only: keep the frozen base's linear weights in int8 or fp8 (torchao weight-only; "
+        "the adapter stays fp32). Needs torchao: pip install 'layersync-studio[memory]'.",
+    )
+
+    @field_validator("optimizer", "base_model_precision", mode="before")
+    @classmethod
+    def _simpletuner_names(cls, value, info: ValidationInfo):
+        """SimpleTuner's names for the same choices (bnb-adamw8bit, adamw_bf16, int8-torchao, ...) → ours."""
+        return optimizers.canonical(value) if info.field_name == "optimizer" else quantize.canonical(value)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -246,6 +263,8 @@ class TrainConfig(BaseModel):
             self.pretrained_model_name_or_path = None
         if self.instance_data_dir == "":
             self.instance_data_dir = None
+        if self.optimizer == "prodigy" and self.learning_rate is None:  # a multiplier of its own estimate
+            self.learning_rate = optimizers.PRODIGY_DEFAULT_LR
         for key, value in family_defaults(family.name).items():
             if getattr(self, key) is None:
                 setattr(self, key, value)

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from trainer import optimizers
 from trainer.capture import HiddenStateCapture
 from trainer.checkpoint import checkpoint_dirs, find_checkpoint, load_checkpoint
 from trainer.config import ConfigError, TrainConfig
@@ -74,13 +75,18 @@ def checkpoint_to_resume(config: TrainConfig, output_dir: Path, log) -> Path | N
 
 
 def set_up_model(config: TrainConfig, impl, device: torch.device, precision: Precision, log) -> nn.Module:
-    """The family's model on the device in training mode, with its LoRA layers and gradient checkpointing if asked."""
+    """The family's model on the device in training mode, with its LoRA layers (over a quantized base if asked)
+    and gradient checkpointing if asked."""
     model = impl.load_model(config)
     if config.model_type == "lora":
         # frozen weights in half precision before they reach the GPU: a 20B model does not fit there in fp32
         base_dtype = precision.dtype if device.type == "cuda" else None
         n_trainable = add_lora(config, impl, model, base_dtype)
         log(f"LoRA rank {config.lora_rank}: {n_trainable / 1e6:.3f}M trainable parameters on {', '.join(impl.lora_target_modules)}")
+        if config.base_model_precision != "no_change":  # after the adapter is in: only the frozen layers shrink
+            from trainer.quantize import quantize_base
+
+            log(quantize_base(model, config.base_model_precision, device))
     model = model.to(device)
     model.train()
     if config.gradient_checkpointing:
@@ -151,15 +157,9 @@ def check_hidden_states(impl, objective, model, data, capture, layersync, device
         capture.release()
 
 
-def make_optimizer(config: TrainConfig, params: list[nn.Parameter], device: torch.device) -> torch.optim.AdamW:
-    return torch.optim.AdamW(
-        params,
-        lr=config.learning_rate,
-        betas=(config.adam_beta1, config.adam_beta2),
-        weight_decay=config.adam_weight_decay,
-        eps=config.adam_epsilon,
-        fused=device.type == "cuda",
-    )
+def make_optimizer(config: TrainConfig, params: list[nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
+    """The config's optimizer (adamw, adamw_8bit, adafactor or prodigy: trainer/optimizers.py) over ``params``."""
+    return optimizers.make_optimizer(config, params, device)
 
 
 def resume(checkpoint: Path | None, model, optimizer, ema, scaler, log, dist=None) -> int:
