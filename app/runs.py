@@ -6,6 +6,7 @@ and 409). Their messages say what to do, naming the API's route where one helps,
 gives a run its URLs. A status changes only through app.lifecycle.transition.
 """
 
+import json
 import re
 import shutil
 from collections import deque
@@ -230,6 +231,24 @@ def delete_run(session: Session, *, run_id: int) -> None:
     session.commit()
     if run.output_dir:
         shutil.rmtree(run.output_dir, ignore_errors=True)
+
+
+WARNINGS_SCANNED = 1000  # the newest log events looked at for warnings: a run logs a few dozen lines, not thousands
+
+
+def run_warnings(session: Session, *, run_id: int, limit: int = 20) -> list[dict]:
+    """The run's newest ``warning`` log events, oldest first, as ``{"step", "message"}``: the notices of its config,
+    a stop step, the collapse guard. The run page shows them above the log tail, which may have scrolled past them."""
+    rows = session.exec(select(RunEvent.data).where(RunEvent.run_id == run_id, RunEvent.kind == "log")
+                        .order_by(RunEvent.seq.desc()).limit(WARNINGS_SCANNED))
+    found = []
+    for data in rows:
+        event = json.loads(data)
+        if event.get("level") == "warning" and isinstance(event.get("message"), str):
+            found.append({"step": event.get("step"), "message": event["message"]})
+            if len(found) == limit:
+                break
+    return found[::-1]
 
 
 def log_tail(output_dir: str | Path, n: int = 100) -> list[str]:

@@ -24,6 +24,7 @@ from app.runs import (
     resume_offer,
     resume_run,
     run_id_in_range,
+    run_warnings,
 )
 from app.samples import chosen as chosen_sample
 from app.samples import layout_words, run_samples
@@ -70,6 +71,7 @@ def _run_context(session, run, request: Request, parts=PARTS["run.html"]) -> dic
         context["checkpoints"] = run_checkpoints(run.id, run.output_dir)
     if "log" in parts:
         context["log_lines"] = log_tail(run.output_dir, LOG_LINES) if run.output_dir else []
+        context["warnings"] = run_warnings(session, run_id=run.id)
     return context
 
 

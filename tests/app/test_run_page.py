@@ -240,3 +240,28 @@ def test_run_page_routes_answer_404_for_ids_no_run_has(client):
             assert method(f"/runs/{run_id}{path}").status_code == 404
         for part in ("status", "sample", "checkpoints", "log"):
             assert client.get(f"/partials/runs/{run_id}/{part}").status_code == 404
+
+
+# --- warnings ----------------------------------------------------------------------------------------
+
+def test_the_runs_warnings_stay_in_view_above_the_log_tail_and_its_info_lines_do_not(client):
+    run_id, _ = new_run(client)
+    collapse = "step 190: the blocks between student 4 and teacher 12 approach the identity (span update 0.04)"
+    set_state(client, run_id, [
+        {"event": "log", "level": "info", "message": "data: 1437 training examples"},
+        {"event": "log", "level": "warning", "message": "teacher block equals the student block: LayerSync is a no-op"},
+        *[{"event": "log", "level": "info", "message": f"line {i}"} for i in range(30)],
+        {"event": "log", "level": "warning", "message": collapse},
+    ])
+    page = client.get(f"/partials/runs/{run_id}/log").text
+    box = page[page.index('class="run-warnings"'):page.index("</div>", page.index('class="run-warnings"'))]
+    assert "Warnings (2)" in box
+    assert box.index("LayerSync is a no-op") < box.index(html.escape(collapse))  # oldest first
+    assert "data: 1437" not in box and "line 3" not in box
+    assert 'class="run-warnings"' in client.get(f"/runs/{run_id}").text
+
+
+def test_a_run_without_warnings_shows_no_warnings_box(client):
+    run_id, _ = new_run(client)
+    set_state(client, run_id, [{"event": "log", "level": "info", "message": "all well"}])
+    assert 'class="run-warnings"' not in client.get(f"/partials/runs/{run_id}/log").text
