@@ -76,6 +76,18 @@ def checkpoint_state(path: Path) -> dict:
     return json.loads((Path(path) / "state.json").read_text())
 
 
+def full_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A full checkpoint's weights by name: every shard (save_pretrained splits models over 10 GB), read on the
+    CPU, so no second copy lands on the GPU."""
+    shards = sorted((Path(path) / "transformer").glob("*.safetensors"))
+    if not shards:
+        raise FileNotFoundError(f"{path}/transformer holds no .safetensors weights: the checkpoint is incomplete")
+    weights = {}
+    for shard in shards:
+        weights.update(load_file(shard, device="cpu"))
+    return weights
+
+
 def load_checkpoint(path: Path, model, optimizer, ema=None, scaler=None) -> int:
     """Restore weights, optimizer, EMA and loss scale in place; return the step the checkpoint was taken at."""
     if checkpoint_kind(path) == "lora":  # either layout: this trainer's older lora/ folder is still read
@@ -85,14 +97,7 @@ def load_checkpoint(path: Path, model, optimizer, ema=None, scaler=None) -> int:
     else:
         if is_lora(model):
             raise ValueError(f"{path} holds full weights but this run trains a LoRA: set model_type to full")
-        # every shard (save_pretrained splits models over 10 GB), read on the CPU: no second copy on the GPU
-        shards = sorted((path / "transformer").glob("*.safetensors"))
-        if not shards:
-            raise FileNotFoundError(f"{path}/transformer holds no .safetensors weights: the checkpoint is incomplete")
-        weights = {}
-        for shard in shards:
-            weights.update(load_file(shard, device="cpu"))
-        model.load_state_dict(weights, strict=True)
+        model.load_state_dict(full_weights(path), strict=True)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=next(model.parameters()).device, weights_only=True))
     if ema is not None:
         ema_file = path / "ema.safetensors"

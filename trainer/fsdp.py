@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -21,7 +21,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from trainer.checkpoint import CHECKPOINTS, checkpoint_dirs
+from trainer.checkpoint import CHECKPOINTS, checkpoint_dirs, full_weights
+from trainer.outputs import checkpoint_kind
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -63,15 +64,9 @@ def save_sharded_checkpoint(output_dir, step, model, optimizer, config: dict, to
 
 def load_sharded_checkpoint(path: Path, model, optimizer) -> int:
     """Every rank reads the whole checkpoint and keeps its shards; returns the checkpoint's step."""
-    if (path / "lora").is_dir() or (path / "pytorch_lora_weights.safetensors").is_file():
+    if checkpoint_kind(path) == "lora":
         raise ValueError(f"{path} holds a LoRA adapter but this run trains the full model sharded: set model_type to lora")
-    shards = sorted((path / "transformer").glob("*.safetensors"))
-    if not shards:
-        raise FileNotFoundError(f"{path}/transformer holds no .safetensors weights: the checkpoint is incomplete")
-    weights = {}
-    for shard in shards:
-        weights.update(load_file(shard, device="cpu"))
-    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=True))
+    set_model_state_dict(model, full_weights(path), options=StateDictOptions(full_state_dict=True, strict=True))
     by_position = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
     names = _trainable_names(model)
     by_name = {

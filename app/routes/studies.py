@@ -61,7 +61,7 @@ def get_study(study_id: int, session: SessionDep, metric: MetricParam = None):
         return JSONResponse({"detail": [{"loc": ["query", "metric"], "msg": str(exc)}]}, status_code=422)
 
 
-@router.delete("/api/studies/{study_id}", status_code=204, responses=DELETE_ERRORS)
+@router.delete("/api/studies/{study_id}", status_code=204, responses={**DELETE_ERRORS, **errors.INVALID})
 def delete_study(study_id: int, session: SessionDep) -> None:
     """Delete a study and all its runs; refused (409) while one of them is running: cancel it first."""
     studies.delete_study(session, study_id=study_id)

@@ -106,7 +106,7 @@ def test_sigterm_to_the_launcher_cancels_every_rank_after_one_step_with_a_checkp
     assert end["event"] == "end" and end["status"] == "cancelled", (tmp_path / "run.log").read_text()[-3000:]
     stopped = end["step"]
     assert [e["step"] for e in events if e["event"] == "checkpoint"] == [stopped]
-    assert json.loads((out / f"checkpoints/step_{stopped:07d}/state.json").read_text()) == {"step": stopped}
+    assert json.loads((out / f"checkpoints/step_{stopped:07d}/state.json").read_text())["step"] == stopped
 
     # resume at world size 1: the run goes on as if it had never stopped
     total = stopped + 2
