@@ -15,7 +15,8 @@ from tests.utils.tiny_pipelines import flux_pipeline
 from trainer.buckets import BucketedData, bucket_size, fit_to_bucket
 from trainer.config import validate_config
 from trainer.data import LatentDataset, split
-from trainer.encode import bucket_time_ids, encode_folder, load_encoded, split_buckets
+from trainer.encode import bucket_time_ids, encode_folder
+from trainer.encoded import load_encoded, split_buckets
 from trainer.models.flux import SPEC
 
 CPU = torch.device("cpu")

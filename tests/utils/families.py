@@ -13,7 +13,7 @@ import torch
 
 from trainer.capture import HiddenStateCapture
 from trainer.config import validate_config
-from trainer.encode import save_encoded
+from trainer.encoded import save_encoded
 from trainer.events import read_events
 from trainer.layersync import LayerSync
 from trainer.models import implementation

@@ -20,7 +20,8 @@ import torch
 
 from trainer.capture import Block
 from trainer.config import TrainConfig
-from trainer.encode import PipelineSpec, encode_folder, is_encoded_folder
+from trainer.encode import PipelineSpec, encode_folder
+from trainer.encoded import is_encoded_folder
 from trainer.models import FamilyImplementation
 from trainer.models.joint_sequence import image_span, model_input
 from trainer.models.loading import load_component
