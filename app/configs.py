@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from app.paths import MODEL_KEY, check_client_paths
-from trainer.config import ConfigError, TrainConfig, config_to_json, import_config, validate_config
+from trainer.config import ConfigError, TrainConfig, config_to_json, validate_config
+from trainer.config_files import import_config
 
 # the keys whose checks read the model (its depth, its UNet's levels)
 MODEL_DEPENDENT = {"layersync_student_block", "layersync_teacher_block", "layersync_pairs"}

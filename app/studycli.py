@@ -13,7 +13,8 @@ from pathlib import Path
 
 from app.report import DEFAULT_METRIC, RunPoints, effect_report, metrics_in_events, points_from_events
 from app.studies import DEFAULT_ARMS, baseline_arm, check_study
-from trainer.config import ConfigError, config_to_json, read_config_file, validate_config
+from trainer.config import ConfigError, config_to_json, validate_config
+from trainer.config_files import read_config_file
 from trainer.events import EVENTS_FILE, read_events
 
 

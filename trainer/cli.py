@@ -12,7 +12,8 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from trainer.config import FIELDS, ConfigError, config_to_json, nearest_keys, read_config_file, validate_config
+from trainer.config import FIELDS, ConfigError, config_to_json, nearest_keys, validate_config
+from trainer.config_files import read_config_file
 from trainer.families import FAMILIES
 from trainer.runlock import FOLDER_IN_USE_EXIT, RUN_LOCK, FolderLock, LockHeld
 

@@ -18,7 +18,7 @@ from torch import nn
 from trainer.blockstats import relative_update
 from trainer.capture import Block
 
-# Thresholds, from demo runs measured with bench/span_runs.py (README, "λ schedules, the stop step and the
+# Thresholds, from demo runs measured with bench/collapse.py (README, "λ schedules, the stop step and the
 # collapse guard"): the guard arms once the span's update has reached ARM_AT (the demo's blocks start as the
 # identity, adaLN-Zero, so an early small value is no collapse), fires when it falls below FIRE_FRACTION of
 # the run's best, and re-arms once it has recovered to REARM_FRACTION of the best (no warning per log line).

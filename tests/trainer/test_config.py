@@ -5,7 +5,8 @@ import sys
 import pytest
 
 from tests.utils.factories import SEED_SNIPPET, make_tiny_demo_model
-from trainer.config import ConfigError, read_config_file, resolve_block_index, validate_config
+from trainer.config import ConfigError, resolve_block_index, validate_config
+from trainer.config_files import read_config_file
 
 
 def errors_of(data) -> dict[str, str]:

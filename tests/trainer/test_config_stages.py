@@ -12,10 +12,9 @@ from trainer.config import (
     TrainConfig,
     config_notices,
     config_to_json,
-    import_config,
-    read_config_file,
     validate_config,
 )
+from trainer.config_files import import_config, read_config_file
 
 
 def errors_of(data) -> list[tuple[str, str]]:
