@@ -87,8 +87,11 @@ class BucketedData:
         return bisect.bisect_right(self._ends, example)
 
     def batch(self, size: int, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One bucket's random batch: an example drawn over the whole dataset picks the bucket."""
-        example = int(torch.randint(len(self), (1,), generator=generator, device=generator.device).item())
+        """One bucket's random batch: an example drawn over the whole dataset picks the bucket. It is drawn on the
+        CPU from the step's seed, so picking a bucket never waits for the GPU."""
+        # a stream of its own (the seed mixed), so the pick is not the first draw of the batch's stream
+        pick = torch.Generator().manual_seed((generator.initial_seed() * 0x9E3779B97F4A7C15 + 1) % 2**63)
+        example = int(torch.randint(len(self), (1,), generator=pick))
         return self.buckets[self.bucket_of(example)].batch(size, generator)
 
     def drop(self, cond: dict[str, torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
